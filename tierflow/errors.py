@@ -1,0 +1,47 @@
+"""The project's exception hierarchy: one root, with Transient/Terminal mixins for retry decisions."""
+
+from __future__ import annotations
+
+
+class TierflowError(Exception):
+    """Root of every error tierflow raises on purpose.
+
+    Retry decisions are taken from the class (``isinstance(err, Transient)``), never from the message.
+    Subclasses keep their constructor arguments in ``args`` so they pickle across Beam workers.
+    """
+
+
+class Transient:
+    """Mixin: the operation may succeed if retried (a broker restart, an S3 5xx, a lock held)."""
+
+
+class Terminal:
+    """Mixin: retrying cannot help (bad input, bad configuration, a corrupt file)."""
+
+
+class ConfigError(TierflowError, Terminal):
+    """Configuration is missing, unknown or invalid; the message says where it was looked for."""
+
+
+class BadRecord(TierflowError, Terminal):
+    """One input record cannot be turned into a document. ``reason`` is a short stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+class IndexCorrupt(TierflowError, Terminal):
+    """A hot-tier file failed its checksum or could not be read; it is refused, not served."""
+
+
+class IndexConflict(TierflowError, Transient):
+    """Another writer committed, or holds the commit lock; the commit can be retried."""
+
+
+class IncompatibleIndex(TierflowError, Terminal):
+    """Vectors of another model, dimension or normalisation would be mixed into an index."""
