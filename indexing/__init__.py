@@ -1,0 +1,1 @@
+"""The hot tier: immutable FAISS segments with Arrow metadata on local flash, one atomic manifest, search."""

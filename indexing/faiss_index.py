@@ -1,0 +1,123 @@
+"""FAISS index construction and search for one segment: exact (Flat) or ANN (HNSW), GPU when there is one."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from tierflow.errors import ConfigError
+
+INDEX_TYPES = ("flat", "hnsw")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Which FAISS index a segment is built as. Scores are inner products of normalised vectors (cosine).
+
+    Args:
+        type: ``flat`` (exact) or ``hnsw`` (approximate, graph based).
+        hnsw_m: HNSW graph degree.
+        ef_construction: HNSW build-time candidate list size.
+        ef_search: HNSW query-time candidate list size (recall vs latency).
+        use_gpu: ``auto`` (GPU when faiss-gpu and a device are present), ``never`` or ``always``.
+
+    Example:
+        >>> IndexSpec(type="hnsw", ef_search=256)
+    """
+
+    type: str = "flat"
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 256
+    use_gpu: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.type not in INDEX_TYPES:
+            raise ConfigError(f"index.type must be one of {INDEX_TYPES}, got {self.type!r}")
+        if self.use_gpu not in ("auto", "never", "always"):
+            raise ConfigError(f"index.use_gpu must be auto, never or always, got {self.use_gpu!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexSpec:
+        return cls(**data)
+
+
+def gpu_available() -> bool:
+    """True when this faiss build has GPU support and a CUDA device is visible."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> Any:
+    """Build a CPU index (``IndexIDMap2`` over Flat or HNSW) holding ``vectors`` under 64-bit ``ids``.
+
+    A flat index is built on the GPU when one is present and copied back, so the segment on disk is
+    always a CPU index that any machine can read.
+    """
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    dim = vectors.shape[1]
+    if spec.type == "flat":
+        base: Any = faiss.IndexFlatIP(dim)
+    else:
+        base = faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        base.hnsw.efConstruction = spec.ef_construction
+        base.hnsw.efSearch = spec.ef_search
+    index = faiss.IndexIDMap2(base)
+    if len(ids):
+        index.add_with_ids(vectors, ids)
+    return index
+
+
+def to_search_device(index: Any, spec: IndexSpec) -> Any:
+    """Move a flat index to the GPU for search when the spec allows it and one is present."""
+    import faiss
+
+    wants = spec.use_gpu == "always" or (spec.use_gpu == "auto" and gpu_available())
+    if not wants or spec.type != "flat":
+        return index
+    if not gpu_available():
+        raise ConfigError("index.use_gpu=always but faiss has no GPU support here; install faiss-gpu")
+    resources = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(resources, 0, index)
+
+
+def search_index(
+    index: Any, queries: np.ndarray, k: int, spec: IndexSpec, exclude: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner-product search, skipping the vector ids in ``exclude`` (tombstones) inside FAISS."""
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, index.ntotal)
+    if k <= 0:
+        empty = np.zeros((len(queries), 0))
+        return empty.astype(np.float32), empty.astype(np.int64)
+    selector = None
+    if exclude is not None and len(exclude):
+        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64)))
+    # Parameters are built with keyword arguments: the faiss wrapper then keeps the selector alive.
+    extra: dict[str, Any] = {"sel": selector} if selector is not None else {}
+    if spec.type == "hnsw":
+        params: Any = faiss.SearchParametersHNSW(efSearch=max(spec.ef_search, k), **extra)
+    else:
+        params = faiss.SearchParameters(**extra) if extra else None
+    scores, ids = index.search(queries, k, params=params)
+    return scores, ids
+
+
+def index_vectors(index: Any) -> tuple[np.ndarray, np.ndarray]:
+    """All (ids, vectors) stored in an ``IndexIDMap2`` over Flat or HNSW storage, in insertion order."""
+    import faiss
+
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    vectors = index.index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), np.float32)
+    return ids, np.asarray(vectors, dtype=np.float32)

@@ -1,0 +1,327 @@
+"""The hot tier: segment search with tombstones, atomic commits of document changes, compaction, GC.
+
+Example:
+    >>> hot = HotIndex(Path("tierflow-data/hot"))
+    >>> hits = hot.search(query_vectors, k=10)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState, read_docs, write_docs
+from indexing.durable import exclusive_lock, fsync_dir, fsync_file
+from indexing.faiss_index import IndexSpec, index_vectors, search_index
+from indexing.manifest import LiveSegment, Manifest, ManifestStore
+from indexing.segment import SegmentInfo, SegmentReader, write_segment
+from tierflow.errors import IncompatibleIndex
+from tierflow.records import chunk_id, vector_id
+
+HISTORY_LIMIT = 50
+
+
+@dataclass
+class CommitRequest:
+    """Everything one commit publishes: new segments and the new state of every document it touched.
+
+    Args:
+        run_id: The pipeline run (or stream batch) that produced it.
+        segments: Segments already written durably by the writers.
+        updates: New state per touched document; canonical ones point at a segment in ``segments``.
+        embedding: Identity of the model that made the vectors (refused if it differs from the index's).
+        chunking: Chunking settings used.
+        sources: Source positions this commit contains (stream key -> position).
+        summary: Counts and timings of the run, kept in the manifest history.
+    """
+
+    run_id: str
+    segments: list[SegmentInfo] = field(default_factory=list)
+    updates: list[DocState] = field(default_factory=list)
+    embedding: dict[str, Any] = field(default_factory=dict)
+    chunking: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CommitResult:
+    generation: int
+    applied: int
+    stale: int
+    tombstoned: int
+
+
+@dataclass(frozen=True)
+class Hit:
+    score: float
+    vector_id: int
+    segment_id: str
+
+
+def doc_vector_ids(doc_id: str, n_chunks: int) -> list[int]:
+    """The FAISS ids of a document's chunks (ordinals ``0..n_chunks-1``)."""
+    return [vector_id(chunk_id(doc_id, i)) for i in range(n_chunks)]
+
+
+class HotIndex:
+    """One hot-tier index directory: segments, tombstones, document tables, manifests.
+
+    Args:
+        root: The index directory on local flash; created on first commit.
+        mmap: Memory-map segment files (warm tier) instead of reading them into RAM.
+    """
+
+    def __init__(self, root: Path | str, mmap: bool = False) -> None:
+        self.root = Path(root)
+        self.mmap = mmap
+        self.store = ManifestStore(self.root)
+        self._readers: dict[str, SegmentReader] = {}
+        self._tombstones: dict[str, np.ndarray] = {}
+        self._docs_cache: tuple[str | None, dict[str, DocState]] | None = None
+
+    # ---- reading -------------------------------------------------------------------------------
+    @property
+    def segments_dir(self) -> Path:
+        return self.root / "segments"
+
+    def manifest(self) -> Manifest:
+        return self.store.current()
+
+    def docs(self, manifest: Manifest | None = None) -> dict[str, DocState]:
+        """The document table of ``manifest`` (default: current), cached per generation."""
+        manifest = manifest or self.manifest()
+        if self._docs_cache is None or self._docs_cache[0] != manifest.docs_file:
+            docs = read_docs(self.root / manifest.docs_file) if manifest.docs_file else {}
+            self._docs_cache = (manifest.docs_file, docs)
+        return self._docs_cache[1]
+
+    def reader(self, segment: SegmentInfo) -> SegmentReader:
+        if segment.segment_id not in self._readers:
+            self._readers[segment.segment_id] = SegmentReader(
+                self.segments_dir / segment.segment_id, segment, mmap=self.mmap
+            )
+        return self._readers[segment.segment_id]
+
+    def tombstones(self, segment: LiveSegment) -> np.ndarray:
+        if segment.tombstones is None:
+            return np.zeros(0, dtype=np.int64)
+        if segment.tombstones not in self._tombstones:
+            self._tombstones[segment.tombstones] = np.load(self.root / segment.tombstones)
+        return self._tombstones[segment.tombstones]
+
+    def search(self, queries: np.ndarray, k: int, manifest: Manifest | None = None) -> list[list[Hit]]:
+        """Top-``k`` chunks per query over all live segments, merged by score (ties: vector id)."""
+        manifest = manifest or self.manifest()
+        merged: list[list[Hit]] = [[] for _ in range(len(queries))]
+        for live in manifest.segments:
+            spec = IndexSpec.from_dict(live.info.index)
+            scores, ids = search_index(self.reader(live.info).index, queries, k, spec, self.tombstones(live))
+            for q in range(len(queries)):
+                merged[q].extend(
+                    Hit(float(s), int(i), live.info.segment_id) for s, i in zip(scores[q], ids[q], strict=True) if i >= 0
+                )
+        return [sorted(hits, key=lambda h: (-h.score, h.vector_id))[:k] for hits in merged]
+
+    def chunk_rows(self, hits: list[Hit], manifest: Manifest | None = None) -> list[dict[str, Any]]:
+        """Chunk metadata (text, doc id, lineage ...) for ``hits``, in the same order."""
+        manifest = manifest or self.manifest()
+        infos = {live.info.segment_id: live.info for live in manifest.segments}
+        by_segment: dict[str, list[int]] = {}
+        for hit in hits:
+            by_segment.setdefault(hit.segment_id, []).append(hit.vector_id)
+        found: dict[tuple[str, int], dict[str, Any]] = {}
+        for seg_id, ids in by_segment.items():
+            for vid, row in zip(ids, self.reader(infos[seg_id]).rows(ids), strict=True):
+                found[(seg_id, vid)] = row
+        return [found[(hit.segment_id, hit.vector_id)] for hit in hits]
+
+    def find_vector(self, vid: int, manifest: Manifest | None = None) -> dict[str, Any] | None:
+        """The live chunk row holding FAISS id ``vid``, with its segment id, or None."""
+        manifest = manifest or self.manifest()
+        for live in manifest.segments:
+            if vid in set(self.tombstones(live).tolist()):
+                continue
+            reader = self.reader(live.info)
+            ids = reader.chunks.column("vector_id").to_pylist()
+            if vid in ids:
+                row = reader.rows([vid])[0]
+                row["segment_id"] = live.info.segment_id
+                return row
+        return None
+
+    # ---- writing -------------------------------------------------------------------------------
+    def _lock(self) -> Any:
+        return exclusive_lock(self.root / "LOCK")
+
+    def commit(self, request: CommitRequest) -> CommitResult:
+        """Publish ``request`` atomically: new vectors become visible in the same manifest that hides
+        the documents' old ones. Updates older than the committed version are dropped (their new
+        vectors are tombstoned at once), so replays and out-of-order runs change nothing.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            base = self.manifest()
+            if base.embedding and request.embedding and base.embedding != request.embedding:
+                raise IncompatibleIndex(
+                    f"index at {self.root} holds vectors of {base.embedding}; refusing vectors of "
+                    f"{request.embedding}. Build a new index directory for another model."
+                )
+            docs = dict(self.docs(base))
+            added: dict[str, set[int]] = {}
+            applied = stale = 0
+            for update in sorted(request.updates, key=lambda u: u.doc_id):
+                current = docs.get(update.doc_id)
+                if current is not None and _is_stale(current, update):
+                    stale += 1
+                    if update.segment_id and update.n_chunks:
+                        added.setdefault(update.segment_id, set()).update(
+                            doc_vector_ids(update.doc_id, update.n_chunks)
+                        )
+                    continue
+                if current is not None and current.status == CANONICAL and current.segment_id:
+                    added.setdefault(current.segment_id, set()).update(
+                        doc_vector_ids(current.doc_id, current.n_chunks)
+                    )
+                docs[update.doc_id] = update
+                applied += 1
+            _resolve_canonical_links(docs)
+            generation = base.generation + 1
+            live = [*base.segments, *(LiveSegment(info) for info in request.segments if info.n_vectors)]
+            segments = [self._with_tombstones(seg, added.get(seg.info.segment_id, set()), generation) for seg in live]
+            segments = [seg for seg in segments if seg.n_live > 0]
+            docs_file = self._write_docs(docs, generation)
+            summary = {"generation": generation, "run_id": request.run_id, "committed_at": time.time()}
+            summary.update(request.summary)
+            summary.update(applied=applied, stale=stale)
+            manifest = Manifest(
+                generation=generation,
+                segments=segments,
+                docs_file=docs_file,
+                embedding=base.embedding or request.embedding,
+                chunking=request.chunking or base.chunking,
+                sources={**base.sources, **request.sources},
+                history=[*base.history, summary][-HISTORY_LIMIT:],
+            )
+            self.store.publish(manifest)
+            return CommitResult(generation, applied, stale, sum(len(v) for v in added.values()))
+
+    def _with_tombstones(self, seg: LiveSegment, new: set[int], generation: int) -> LiveSegment:
+        if not new:
+            return seg
+        ids = np.union1d(self.tombstones(seg), np.fromiter(new, dtype=np.int64, count=len(new)))
+        name = f"tombstones/{seg.info.segment_id}-{generation:09d}.npy"
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, ids.astype(np.int64))
+        fsync_file(path)
+        fsync_dir(path.parent)
+        return LiveSegment(seg.info, name, int(len(ids)))
+
+    def _write_docs(self, docs: dict[str, DocState], generation: int) -> str:
+        name = f"docs/docs-{generation:09d}.parquet"
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_docs(path, docs)
+        fsync_file(path)
+        fsync_dir(path.parent)
+        return name
+
+    def compact(self, spec: IndexSpec | None = None) -> Manifest:
+        """Merge all live segments into one, dropping tombstoned vectors; one atomic commit."""
+        with self._lock():
+            base = self.manifest()
+            if len(base.segments) <= 1 and not any(seg.n_deleted for seg in base.segments):
+                return base
+            all_ids, all_vectors, all_rows = [], [], []
+            for live in base.segments:
+                reader = self.reader(live.info)
+                ids, vectors = index_vectors(reader.index)
+                keep = ~np.isin(ids, self.tombstones(live))
+                all_ids.append(ids[keep])
+                all_vectors.append(vectors[keep])
+                all_rows.extend(reader.rows(ids[keep].tolist()))
+            vectors = np.concatenate(all_vectors) if all_vectors else np.zeros((0, 0), np.float32)
+            spec = spec or IndexSpec.from_dict(base.segments[-1].info.index)
+            info = write_segment(self.segments_dir, all_rows, vectors, spec)
+            docs = dict(self.docs(base))
+            for state in docs.values():
+                if state.status == CANONICAL and state.segment_id:
+                    state.segment_id = info.segment_id
+            generation = base.generation + 1
+            manifest = Manifest(
+                generation=generation,
+                segments=[LiveSegment(info)] if info.n_vectors else [],
+                docs_file=self._write_docs(docs, generation),
+                embedding=base.embedding,
+                chunking=base.chunking,
+                sources=base.sources,
+                history=[
+                    *base.history,
+                    {"generation": generation, "run_id": "compaction", "committed_at": time.time(),
+                     "merged_segments": len(base.segments), "vectors": info.n_vectors},
+                ][-HISTORY_LIMIT:],
+            )
+            self.store.publish(manifest)
+            self._docs_cache = None
+            return manifest
+
+    def collect_garbage(self, keep_generations: int = 5, min_age_s: float = 6 * 3600) -> list[Path]:
+        """Delete files no kept manifest names. Unreferenced segments younger than ``min_age_s`` are
+        kept: a running pipeline may be about to commit them."""
+        with self._lock():
+            generations = self.store.generations()
+            kept = generations[-keep_generations:]
+            referenced: set[str] = set()
+            for gen in kept:
+                manifest = self.store.load(self.store.file_name(gen))
+                referenced.update(f"segments/{seg.info.segment_id}" for seg in manifest.segments)
+                referenced.update(seg.tombstones for seg in manifest.segments if seg.tombstones)
+                if manifest.docs_file:
+                    referenced.add(manifest.docs_file)
+            removed: list[Path] = []
+            now = time.time()
+            for gen in generations[: -keep_generations or None]:
+                path = self.store.dir / self.store.file_name(gen)
+                path.unlink()
+                removed.append(path)
+            for sub in ("segments", "tombstones", "docs"):
+                folder = self.root / sub
+                if not folder.exists():
+                    continue
+                for path in folder.iterdir():
+                    rel = f"{sub}/{path.name}"
+                    if rel in referenced or (sub == "segments" and now - path.stat().st_mtime < min_age_s):
+                        continue
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    removed.append(path)
+            return removed
+
+
+def _is_stale(current: DocState, update: DocState) -> bool:
+    """An update loses to the committed state if it is older, or is the same version with the same result
+    (a replay). A delete of version v beats upserts older than v and loses to newer ones."""
+    if update.version < current.version:
+        return True
+    if update.version > current.version:
+        return False
+    return (update.status, update.content_hash) == (current.status, current.content_hash) or (
+        current.status == DELETED and update.status != DELETED
+    )
+
+
+def _resolve_canonical_links(docs: dict[str, DocState]) -> None:
+    """Point every duplicate at a live canonical document, following chains (a->b->c becomes a->c)."""
+    for state in docs.values():
+        if state.status != DUPLICATE:
+            continue
+        target, seen = state.canonical_id, {state.doc_id}
+        while target in docs and docs[target].status == DUPLICATE and target not in seen:
+            seen.add(target)
+            target = docs[target].canonical_id
+        state.canonical_id = target
