@@ -1,0 +1,1 @@
+"""Apache Beam pipelines: parse, validate, deduplicate, lineage-tag, chunk, embed and write documents."""

@@ -1,0 +1,196 @@
+"""Sinks: embedding + writing hot-tier segments, writing dead letters, and the single commit step.
+
+Writers run on any number of workers, each writing its own immutable segment; one commit step then
+publishes all of them (and every document's new state) in a single manifest swap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.rag.ingestion.base import VectorDatabaseWriteConfig
+from apache_beam.ml.rag.types import Chunk, Embedding
+
+from indexing.docs_table import DocState
+from indexing.durable import atomic_write_bytes
+from indexing.embedder import Embedder
+from indexing.faiss_index import IndexSpec
+from indexing.hot import CommitRequest, HotIndex
+from indexing.segment import SegmentInfo, write_segment
+from tierflow.config import EmbeddingConfig
+from tierflow.deadletter import DeadLetter
+from tierflow.lineage import RunContext
+
+LOG = logging.getLogger(__name__)
+EMBED_SLICE = 512  # chunks per encode call: big enough to sort by length, small enough to report progress
+
+
+@dataclass
+class DocChunks:
+    """A canonical document's new state and its chunks (Beam RAG ``Chunk``s), on its way to a segment."""
+
+    state: DocState
+    chunks: list[Chunk]
+
+
+class EmbedChunks(beam.DoFn):
+    """Embeds every chunk of one write shard, longest-first in slices so batches pad little."""
+
+    def __init__(self, config: EmbeddingConfig) -> None:
+        self.config = config
+        self._embedder: Embedder | None = None
+
+    def setup(self) -> None:
+        self._embedder = Embedder(self.config)
+        self._embedder.warm_up()
+
+    def process(self, element: tuple[int, list[DocChunks]]):  # type: ignore[no-untyped-def]
+        assert self._embedder is not None
+        shard, docs = element
+        chunks = [chunk for doc in docs for chunk in doc.chunks]
+        order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i].content.text or ""))
+        started = time.monotonic()
+        for start in range(0, len(order), EMBED_SLICE):
+            part = order[start : start + EMBED_SLICE]
+            vectors = self._embedder.embed([chunks[i].content.text or "" for i in part])
+            for i, vector in zip(part, vectors, strict=True):
+                chunks[i].embedding = Embedding(dense_embedding=vector)
+            done = min(start + EMBED_SLICE, len(order))
+            rate = done / max(time.monotonic() - started, 1e-9)
+            LOG.info("embed shard %s: %d/%d chunks (%.1f chunks/s)", shard, done, len(order), rate)
+        yield shard, docs
+
+
+class HotTierWriteConfig(VectorDatabaseWriteConfig):
+    """Beam vector-sink configuration for the FAISS hot tier, like Beam's other vector database sinks.
+
+    Example:
+        >>> config = HotTierWriteConfig("tierflow-data/hot", IndexSpec(type="hnsw"))
+        >>> shards | config.create_write_transform()
+    """
+
+    def __init__(self, index_dir: str, spec: IndexSpec) -> None:
+        self.index_dir = index_dir
+        self.spec = spec
+
+    def create_write_transform(self) -> beam.PTransform:
+        return WriteToHotTier(self)
+
+
+class _WriteSegment(beam.DoFn):
+    def __init__(self, config: HotTierWriteConfig) -> None:
+        self.config = config
+
+    def process(self, element: tuple[int, list[DocChunks]]):  # type: ignore[no-untyped-def]
+        _, docs = element
+        rows: list[dict[str, Any]] = []
+        vectors: list[Any] = []
+        for doc in docs:
+            for chunk in doc.chunks:
+                assert chunk.embedding is not None
+                rows.append(
+                    {
+                        "vector_id": chunk.metadata["vector_id"],
+                        "chunk_id": chunk.id,
+                        "doc_id": doc.state.doc_id,
+                        "ordinal": chunk.index,
+                        "text": chunk.content.text,
+                        "content_hash": chunk.metadata["content_hash"],
+                        "lineage": chunk.metadata["lineage"],
+                    }
+                )
+                vectors.append(chunk.embedding.dense_embedding)
+        if not rows:
+            return
+        matrix = np.vstack(vectors).astype(np.float32)
+        info = write_segment(Path(self.config.index_dir) / "segments", rows, matrix, self.config.spec)
+        yield ("segment", info)
+        yield ("stat", ("chunks_embedded", len(rows)))
+        for doc in docs:
+            yield ("doc", replace(doc.state, segment_id=info.segment_id, n_chunks=len(doc.chunks)))
+
+
+class WriteToHotTier(beam.PTransform):
+    """Writes each shard of embedded documents as one immutable segment; emits what the commit needs:
+    ``("segment", SegmentInfo)``, ``("doc", DocState)`` and ``("stat", (name, n))`` elements."""
+
+    def __init__(self, config: HotTierWriteConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        return shards | "WriteSegments" >> beam.ParDo(_WriteSegment(self.config))
+
+
+class WriteDeadLetters(beam.DoFn):
+    """Writes one shard of dead letters as a JSONL file (atomically: a retried bundle rewrites the same
+    file) and emits ``("deadletters", {...})`` with its counts by reason."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def process(self, element: tuple[int, list[DeadLetter]]):  # type: ignore[no-untyped-def]
+        shard, letters = element
+        letters = sorted(letters, key=lambda d: (d.source.uri, d.source.position, d.reason))
+        path = Path(self.directory) / f"part-{shard:05d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, "".join(d.to_json() + "\n" for d in letters).encode("utf-8"))
+        yield ("deadletters", {"file": str(path), "count": len(letters), "reasons": dict(Counter(d.reason for d in letters))})
+
+
+class CommitRun(beam.DoFn):
+    """The single commit step: publishes every segment and document state of the run in one manifest."""
+
+    def __init__(self, index_dir: str, run: RunContext, sources: dict[str, str]) -> None:
+        self.index_dir = index_dir
+        self.run = run
+        self.sources = sources
+
+    def process(self, element: tuple[str, list[tuple[str, Any]]]):  # type: ignore[no-untyped-def]
+        _, items = element
+        segments: list[SegmentInfo] = []
+        updates: list[DocState] = []
+        stats: Counter[str] = Counter()
+        dead: Counter[str] = Counter()
+        dead_files: list[str] = []
+        for kind, value in items:
+            if kind == "segment":
+                segments.append(value)
+            elif kind == "doc":
+                updates.append(value)
+            elif kind == "stat":
+                stats[value[0]] += value[1]
+            elif kind == "deadletters":
+                dead.update(value["reasons"])
+                dead_files.append(value["file"])
+        for state in updates:
+            stats[f"docs_{state.status}"] += 1
+            if state.dedup:
+                stats[f"dedup_{state.dedup}"] += 1
+        summary = {
+            "started_at": self.run.started_at,
+            "code_version": self.run.code_version,
+            "counts": dict(sorted(stats.items())),
+            "dead_letters": {"total": sum(dead.values()), "by_reason": dict(sorted(dead.items())), "files": sorted(dead_files)},
+            "segments_written": len(segments),
+        }
+        result = HotIndex(self.index_dir).commit(
+            CommitRequest(
+                run_id=self.run.run_id,
+                segments=segments,
+                updates=updates,
+                embedding=self.run.model,
+                chunking=self.run.chunking,
+                sources=self.sources,
+                summary=summary,
+            )
+        )
+        yield json.dumps({"generation": result.generation, "applied": result.applied, "stale": result.stale})

