@@ -1,0 +1,270 @@
+"""The ``tierflow`` command: ingest, search, lineage, eval, compact, gc, demo and bench.
+
+Beam pipeline options (``--runner``, ``--dask_client_address``, ``--direct_num_workers`` ...) are passed
+through to Beam unchanged: anything tierflow does not know is Beam's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tierflow.errors import TierflowError
+
+QUIET_LOGGERS = ("apache_beam", "great_expectations", "urllib3", "httpx", "sentence_transformers", "faiss", "root",
+                 "distributed", "transformers", "huggingface_hub", "botocore")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pipelines").setLevel(logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from tierflow.config import load_config
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "index", None):
+        overrides["index_dir"] = args.index
+    if getattr(args, "index_type", None):
+        overrides["index"] = {"type": args.index_type}
+    if getattr(args, "sync", None):
+        overrides["sync"] = args.sync
+    chunking = {k: v for k, v in (("max_tokens", getattr(args, "chunk_tokens", None)),
+                                  ("overlap_tokens", getattr(args, "chunk_overlap", None))) if v is not None}
+    if chunking:
+        overrides["chunking"] = chunking
+    if getattr(args, "device", None):
+        overrides["embedding"] = {"device": args.device}
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def _source(args: argparse.Namespace) -> Any:
+    from connectors.files import FileSourceConfig
+
+    fields = {k: getattr(args, k) for k in ("format", "id_field", "text_field", "title_field", "op_field",
+                                            "version_field", "glob", "s3_endpoint_url") if getattr(args, k, None)}
+    return FileSourceConfig(args.source, **fields)
+
+
+def _print_run(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    counts = summary.get("counts", {})
+    dead = summary.get("dead_letters", {})
+    print(f"run {summary['run_id']} committed generation {summary['generation']}")
+    for key in sorted(counts):
+        print(f"  {key:<22} {counts[key]}")
+    print(f"  {'dead_letters':<22} {dead.get('total', 0)}")
+    for reason, n in sorted(dead.get("by_reason", {}).items()):
+        print(f"    {reason:<20} {n}")
+    for path in dead.get("files", []):
+        print(f"  dead-letter file: {path}")
+
+
+def cmd_ingest(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipelines.batch import run_batch
+
+    config = _config(args)
+    started = time.perf_counter()
+    summary = run_batch(_source(args), config, beam_args)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    _print_run(summary, args.json)
+    return 0
+
+
+def _searcher(args: argparse.Namespace) -> Any:
+    from indexing.hot import HotIndex
+    from indexing.search import Searcher
+
+    config = _config(args)
+    return Searcher(HotIndex(config.index_dir), config.embedding)
+
+
+def cmd_search(args: argparse.Namespace, _: list[str]) -> int:
+    results = _searcher(args).search(args.query, args.k)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+        return 0
+    if not results:
+        print("no results (is the index empty?)")
+    print(f"{'#':>3}  {'score':>6}  {'doc_id':<20} {'tier':<5} text")
+    for rank, r in enumerate(results, 1):
+        text = " ".join(r.text.split())
+        dups = f"  (+{len(r.duplicates)} duplicate(s): {', '.join(r.duplicates)})" if r.duplicates else ""
+        print(f"{rank:>3}  {r.score:6.3f}  {r.doc_id:<20} {r.tier:<5} {text[:90]}{'…' if len(text) > 90 else ''}{dups}")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace, _: list[str]) -> int:
+    from indexing.lineage_lookup import lineage_of
+
+    config = _config(args)
+    record = lineage_of(Path(config.index_dir), args.id)
+    if record is None:
+        print(f"{args.id!r} is neither a document id nor a live vector id in {config.index_dir}", file=sys.stderr)
+        return 1
+    print(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from evaluation import load_beir, summary_lines, write_reports
+    from evaluation.retrieval import evaluate_index
+    from indexing.hot import HotIndex
+    from indexing.search import Searcher
+
+    dataset = load_beir(args.dataset, args.split)
+    if args.index:
+        config = _config(args)
+    else:
+        args.index = str(Path(args.out) / "index")
+        config = _config(args)
+        from connectors.files import FileSourceConfig
+        from pipelines.batch import run_batch
+
+        print(f"building an index of {dataset.corpus_path} in {config.index_dir} …", flush=True)
+        summary = run_batch(FileSourceConfig(str(dataset.path), format="beir"), config, beam_args)
+        _print_run(summary, False)
+    searcher = Searcher(HotIndex(config.index_dir), config.embedding)
+    reference = dict(item.split("=", 1) for item in args.reference) if args.reference else None
+    result = evaluate_index(
+        searcher, dataset, ks=tuple(args.k),
+        reference={k: float(v) for k, v in reference.items()} if reference else None,
+    )
+    paths = write_reports(args.out, result)
+    print("\n".join(summary_lines(result)))
+    print(f"reports: {paths['json']}  {paths['markdown']}")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace, _: list[str]) -> int:
+    from indexing.hot import HotIndex
+
+    manifest = HotIndex(_config(args).index_dir).compact()
+    print(f"generation {manifest.generation}: {len(manifest.segments)} segment(s), {manifest.n_vectors} vectors")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace, _: list[str]) -> int:
+    from indexing.hot import HotIndex
+
+    removed = HotIndex(_config(args).index_dir).collect_garbage(args.keep, args.min_age)
+    print(f"removed {len(removed)} file(s)/folder(s)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from tierflow.demo import run_demo
+
+    return run_demo(Path(args.workdir), beam_args)
+
+
+def cmd_bench(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipelines.bench import bench_ingest
+
+    report = bench_ingest(Path(args.dataset), args.limit, Path(args.out), beam_args)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_index_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", help="hot-tier directory (default: index_dir from config, tierflow-data/hot)")
+    parser.add_argument("--config", help="TOML config file (default: ./tierflow.toml if present)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every stage")
+
+
+def _add_build_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index-type", choices=("flat", "hnsw"), help="FAISS index type for new segments")
+    parser.add_argument("--chunk-tokens", type=int, help="tokens per chunk (model tokenizer)")
+    parser.add_argument("--chunk-overlap", type=int, help="tokens shared by consecutive chunks")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="embedding device")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="tierflow", description=__doc__.splitlines()[0])
+    sub = root.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="run the batch pipeline over files (local or s3://)")
+    ingest.add_argument("source", help="file, directory or s3://bucket/prefix")
+    ingest.add_argument("--format", choices=("auto", "beir", "jsonl", "text", "parquet"))
+    for name in ("id-field", "text-field", "title-field", "op-field", "version-field"):
+        ingest.add_argument(f"--{name}", dest=name.replace("-", "_"))
+    ingest.add_argument("--glob", help="file pattern inside a directory or prefix")
+    ingest.add_argument("--s3-endpoint-url", dest="s3_endpoint_url", help="S3-compatible endpoint")
+    ingest.add_argument("--sync", choices=("incremental", "full"), help="full: delete documents gone from the source files")
+    ingest.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    _add_index_args(ingest)
+    _add_build_args(ingest)
+    ingest.set_defaults(func=cmd_ingest)
+
+    search = sub.add_parser("search", help="search the index")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--json", action="store_true")
+    _add_index_args(search)
+    search.set_defaults(func=cmd_search)
+
+    lineage = sub.add_parser("lineage", help="where a document's (or a vector id's) vectors came from")
+    lineage.add_argument("id", help="document id or FAISS vector id")
+    _add_index_args(lineage)
+    lineage.set_defaults(func=cmd_lineage)
+
+    ev = sub.add_parser("eval", help="score retrieval on a BEIR dataset; writes report.json and report.md")
+    ev.add_argument("--dataset", required=True, help="BEIR dataset directory")
+    ev.add_argument("--out", required=True, help="report directory (the index goes in OUT/index unless --index)")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("-k", type=int, nargs="+", default=[1, 3, 5, 10, 100], help="cut-offs")
+    ev.add_argument("--reference", nargs="*", help="published scores to compare, e.g. ndcg@10=0.645")
+    _add_index_args(ev)
+    _add_build_args(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    compact = sub.add_parser("compact", help="merge segments and drop deleted vectors")
+    _add_index_args(compact)
+    compact.set_defaults(func=cmd_compact)
+
+    gc = sub.add_parser("gc", help="delete files no kept manifest references")
+    gc.add_argument("--keep", type=int, default=5, help="manifests (snapshots) to keep")
+    gc.add_argument("--min-age", type=float, default=6 * 3600, help="seconds an unreferenced segment must be old")
+    _add_index_args(gc)
+    gc.set_defaults(func=cmd_gc)
+
+    demo = sub.add_parser("demo", help="end to end on the embedded default: ingest, search, evaluate")
+    demo.add_argument("--workdir", default="tierflow-data/demo")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="pipeline throughput vs bare SentenceTransformer.encode, same process")
+    bench.add_argument("--dataset", default="../shared/data/scifact")
+    bench.add_argument("--limit", type=int, default=0, help="documents to use (0 = all)")
+    bench.add_argument("--out", default="tierflow-data/bench")
+    bench.set_defaults(func=cmd_bench)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = parser().parse_known_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    try:
+        return int(args.func(args, beam_args))
+    except TierflowError as err:
+        print(f"tierflow: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
