@@ -305,12 +305,14 @@ class HotIndex:
 
 def _is_stale(current: DocState, update: DocState) -> bool:
     """An update loses to the committed state if it is older, or is the same version with the same result
-    (a replay). A delete of version v beats upserts older than v and loses to newer ones."""
+    (a replay). A delete of version v beats upserts of versions up to v and loses to newer ones. A
+    promotion re-decides a duplicate at its own version: a new canonical link is not a replay."""
     if update.version < current.version:
         return True
     if update.version > current.version:
         return False
-    return (update.status, update.content_hash) == (current.status, current.content_hash) or (
+    same = (update.status, update.content_hash, update.canonical_id)
+    return same == (current.status, current.content_hash, current.canonical_id) or (
         current.status == DELETED and update.status != DELETED
     )
 

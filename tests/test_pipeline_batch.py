@@ -1,0 +1,167 @@
+"""The batch pipeline end to end with the real model, GX suite and hot tier, on small corpora."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from indexing.hot import HotIndex
+from tests.helpers import canonical_ids, config, demo_docs, ingest, live_docs, live_vectors, top_doc, write_jsonl
+
+pytestmark = pytest.mark.model
+
+
+def test_rerun_embeds_nothing_edit_reembeds_one_delete_removes(tmp_path: Path) -> None:
+    docs = demo_docs()
+    cfg = config(tmp_path / "hot")
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs, mtime_ns=1_000)
+
+    first = ingest(corpus, cfg)
+    assert first["counts"]["docs_canonical"] == len(docs)
+    assert first["counts"]["chunks_embedded"] == len(live_vectors(tmp_path / "hot")) >= len(docs)
+    before = live_vectors(tmp_path / "hot")
+
+    again = ingest(corpus, cfg)
+    assert again["counts"].get("chunks_embedded", 0) == 0
+    assert again["counts"]["skipped_unchanged"] == len(docs)
+    assert live_vectors(tmp_path / "hot") == before
+
+    edited = [dict(d) for d in docs]
+    edited[3]["text"] = "Sourdough pasta is a myth invented by tomato growers in the alps."
+    write_jsonl(corpus, edited, mtime_ns=2_000)
+    third = ingest(corpus, cfg)
+    assert third["counts"]["chunks_embedded"] == 1
+    assert third["counts"]["skipped_unchanged"] == len(docs) - 1
+    after = live_vectors(tmp_path / "hot")
+    assert len(after) == len(before)
+    assert [v for v in after.values() if "tomato growers" in v]
+    assert not [v for v in after.values() if docs[3]["text"][:40] in v]
+    assert top_doc(tmp_path / "hot", "tomato growers in the alps", cfg, k=1) == [docs[3]["_id"]]
+
+    deleted = [dict(d, op="delete") if d["_id"] == docs[5]["_id"] else d for d in edited]
+    write_jsonl(corpus, deleted, mtime_ns=3_000)
+    fourth = ingest(corpus, cfg, op_field="op")
+    assert fourth["counts"]["docs_deleted"] == 1
+    assert fourth["counts"].get("chunks_embedded", 0) == 0
+    assert docs[5]["_id"] not in live_docs(tmp_path / "hot")
+    assert docs[5]["_id"] not in top_doc(tmp_path / "hot", docs[5]["title"], cfg, k=10)
+
+
+def test_full_sync_deletes_documents_gone_from_the_file(tmp_path: Path) -> None:
+    docs = demo_docs()[:6]
+    cfg = config(tmp_path / "hot", sync="full")
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs, mtime_ns=1_000)
+    ingest(corpus, cfg)
+    write_jsonl(corpus, docs[1:], mtime_ns=2_000)
+    summary = ingest(corpus, cfg)
+    assert summary["counts"]["docs_deleted"] == 1
+    assert set(live_docs(tmp_path / "hot")) == {d["_id"] for d in docs[1:]}
+
+
+def test_bad_input_is_dead_lettered_and_nothing_else_is_lost(tmp_path: Path) -> None:
+    docs = demo_docs()[:8]
+    bad: list[dict | bytes] = [
+        b'{"_id": "cut", "text": "no closing brace"',
+        json.dumps({"title": "no id", "text": "orphan"}).encode(),
+        json.dumps({"_id": "", "text": "empty id"}).encode(),
+        {"_id": "blank", "title": "", "text": "   \n\t "},
+        b'{"_id": "latin1", "text": "caf\xe9"}',
+        {"_id": "huge", "title": "big", "text": "word " * 2000},
+        {"_id": "wrongtype", "text": 42},
+        b"[1, 2, 3]",
+    ]
+    records = [docs[0], *bad[:4], docs[1], *bad[4:], *docs[2:]]
+    cfg = config(tmp_path / "hot", validation={"max_text_chars": 5000})
+    summary = ingest(write_jsonl(tmp_path / "mixed.jsonl", records), cfg)
+
+    dead = summary["dead_letters"]
+    assert dead["by_reason"] == {
+        "malformed_json": 1, "missing_id": 2, "empty_text": 1, "not_utf8": 1, "too_large": 1,
+        "wrong_type": 1, "not_an_object": 1,
+    }
+    assert set(live_docs(tmp_path / "hot")) == {d["_id"] for d in docs}
+    letters = [json.loads(line) for f in dead["files"] for line in Path(f).read_text().splitlines()]
+    assert len(letters) == 8
+    by_reason = {d["reason"]: d for d in letters}
+    assert by_reason["not_utf8"]["raw_encoding"] == "base64"
+    assert "5000" in by_reason["too_large"]["detail"]
+    assert by_reason["malformed_json"]["raw"] == '{"_id": "cut", "text": "no closing brace"'
+    assert all(d["source"]["uri"].endswith("mixed.jsonl") and d["detail"] for d in letters)
+
+
+def test_duplicates_are_linked_not_embedded_and_promoted_when_canonical_goes(tmp_path: Path) -> None:
+    docs = demo_docs()[:6]
+    base = docs[2]
+    exact = {"_id": "zz-exact", "title": base["title"].upper(), "text": "  " + base["text"].replace(" ", "   ")}
+    near = {"_id": "zz-near", "title": base["title"], "text": base["text"] + " It is widely used."}
+    cfg = config(tmp_path / "hot")
+    corpus = write_jsonl(tmp_path / "docs.jsonl", [*docs, exact, near], mtime_ns=1_000)
+    summary = ingest(corpus, cfg)
+    assert summary["counts"]["dedup_exact"] == 1 and summary["counts"]["dedup_near"] == 1
+    state = HotIndex(tmp_path / "hot").docs()
+    assert state["zz-exact"].canonical_id == base["_id"] and state["zz-exact"].dedup == "exact"
+    assert state["zz-near"].canonical_id == base["_id"] and state["zz-near"].dedup == "near"
+    assert canonical_ids(tmp_path / "hot") == {d["_id"] for d in docs}
+    lineage = json.loads(state["zz-near"].lineage)
+    assert lineage["dedup"]["decision"] == "duplicate" and lineage["dedup"]["of"] == base["_id"]
+
+    # Deleting the canonical promotes a surviving duplicate: embedded now, searchable under its own id.
+    records = [dict(d, op="delete") if d["_id"] == base["_id"] else d for d in [*docs, exact, near]]
+    write_jsonl(corpus, records, mtime_ns=2_000)
+    after = ingest(corpus, cfg, op_field="op")
+    state = HotIndex(tmp_path / "hot").docs()
+    assert state[base["_id"]].status == "deleted"
+    assert state["zz-exact"].status == "canonical"
+    assert state["zz-near"].status == "duplicate" and state["zz-near"].canonical_id == "zz-exact"
+    assert after["counts"]["chunks_embedded"] >= 1
+    hits = top_doc(tmp_path / "hot", base["title"], cfg, k=3)
+    assert hits[0] == "zz-exact" and base["_id"] not in hits
+
+
+def test_versions_order_updates_and_deletes(tmp_path: Path) -> None:
+    cfg = config(tmp_path / "hot")
+    path = tmp_path / "v.jsonl"
+    opts = {"id_field": "id", "version_field": "v", "op_field": "op"}
+    ingest(write_jsonl(path, [{"id": "a", "text": "version five of alpha", "v": 5}]), cfg, **opts)
+    older = ingest(write_jsonl(path, [{"id": "a", "text": "version three of alpha", "v": 3}]), cfg, **opts)
+    assert older["counts"]["skipped_stale"] == 1
+    assert "version five" in next(iter(live_vectors(tmp_path / "hot").values()))
+    ingest(write_jsonl(path, [{"id": "a", "op": "delete", "v": 7}]), cfg, **opts)
+    assert "a" not in live_docs(tmp_path / "hot")
+    ingest(write_jsonl(path, [{"id": "a", "text": "version six of alpha", "v": 6}]), cfg, **opts)
+    assert "a" not in live_docs(tmp_path / "hot"), "an upsert older than the delete must lose"
+    ingest(write_jsonl(path, [{"id": "a", "text": "version nine of alpha", "v": 9}]), cfg, **opts)
+    assert "version nine" in next(iter(live_vectors(tmp_path / "hot").values()))
+
+
+def test_replayed_events_leave_the_index_as_one_delivery(tmp_path: Path) -> None:
+    docs = demo_docs()[:5]
+    once = config(tmp_path / "once")
+    twice = config(tmp_path / "twice")
+    ingest(write_jsonl(tmp_path / "a.jsonl", docs, mtime_ns=1_000), once)
+    write_jsonl(tmp_path / "b.jsonl", [*docs, *docs, *reversed(docs)], mtime_ns=1_000)
+    ingest(tmp_path / "b.jsonl", twice)
+    ingest(tmp_path / "b.jsonl", twice)
+    assert live_vectors(tmp_path / "once") == live_vectors(tmp_path / "twice")
+    assert set(live_docs(tmp_path / "once")) == set(live_docs(tmp_path / "twice"))
+
+
+def test_hnsw_index_and_compaction_keep_results(tmp_path: Path) -> None:
+    docs = demo_docs()
+    cfg = config(tmp_path / "hot", index={"type": "hnsw"})
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs, mtime_ns=1_000)
+    ingest(corpus, cfg)
+    edited = [dict(d, text=d["text"] + " Revised.") if i % 4 == 0 else d for i, d in enumerate(docs)]
+    ingest(write_jsonl(corpus, edited, mtime_ns=2_000), cfg)
+    index = HotIndex(tmp_path / "hot")
+    assert len(index.manifest().segments) > 1 and any(s.n_deleted for s in index.manifest().segments)
+    queries = ["kafka consumer offsets", "sourdough", "ranking metric", "object storage"]
+    before = {q: top_doc(tmp_path / "hot", q, cfg) for q in queries}
+    vectors = live_vectors(tmp_path / "hot")
+    manifest = index.compact()
+    assert len(manifest.segments) == 1 and manifest.segments[0].n_deleted == 0
+    assert manifest.segments[0].info.index["type"] == "hnsw"
+    assert live_vectors(tmp_path / "hot") == vectors
+    assert {q: top_doc(tmp_path / "hot", q, cfg) for q in queries} == before
