@@ -341,6 +341,17 @@ def build_pipeline(
     )
 
 
+RUNNER_ALIASES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+
+
+def _qualified_runner(arg: str) -> str:
+    """Beam knows the DaskRunner only by its full name; accept the short one like the other runners'."""
+    for short, full in RUNNER_ALIASES.items():
+        if arg == f"--runner={short}":
+            return f"--runner={full}"
+    return arg
+
+
 def run_batch(
     source: FileSourceConfig,
     config: IngestConfig,
@@ -349,12 +360,17 @@ def run_batch(
 ) -> dict[str, Any]:
     """Run one batch ingest to completion and return its commit summary (from the manifest history)."""
     run = build_run_context(config, run_id)
-    options = PipelineOptions(beam_args or [])
+    options = PipelineOptions([_qualified_runner(arg) for arg in beam_args or []])
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, source, config, run)
     LOG.info("run %s: ingesting %s into %s", run.run_id, source.path, config.index_dir)
     result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # the DaskRunner's connection to its scheduler
+        if client is not None:
+            client.close()
     for entry in reversed(HotIndex(config.index_dir).manifest().history):
         if entry.get("run_id") == run.run_id:
             return entry
