@@ -49,7 +49,11 @@ def evaluate_index(
     result: dict[str, Any] = {
         "title": title or f"Retrieval evaluation: {dataset.path.name}",
         "provenance": {
-            "dataset": {"path": str(dataset.path), "queries": len(dataset.queries), "checksums": dataset.checksums},
+            "dataset": {
+                "path": str(dataset.path),
+                "queries": len(dataset.queries),
+                "checksums": dataset.checksums,
+            },
             "model": manifest.embedding,
             "chunking": manifest.chunking,
             "index": {

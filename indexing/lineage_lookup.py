@@ -24,10 +24,12 @@ def lineage_of(root: Path, ident: str) -> dict[str, Any] | None:
         row = index.find_vector(int(ident), manifest)
         if row is None:
             return None
-        record = lineage_of(root, row["doc_id"]) or {}
-        record["vector"] = {k: row[k] for k in ("vector_id", "chunk_id", "ordinal", "segment_id", "content_hash")}
-        record["vector"]["lineage"] = json.loads(row["lineage"])
-        return record
+        found = lineage_of(root, row["doc_id"]) or {}
+        found["vector"] = {
+            k: row[k] for k in ("vector_id", "chunk_id", "ordinal", "segment_id", "content_hash")
+        }
+        found["vector"]["lineage"] = json.loads(row["lineage"])
+        return found
     if state is None:
         return None
     record: dict[str, Any] = {
@@ -47,14 +49,21 @@ def lineage_of(root: Path, ident: str) -> dict[str, Any] | None:
         record["dedup"] = {"kind": state.dedup, "similarity": state.similarity}
         canonical = docs.get(state.canonical_id or "")
         if canonical is not None and canonical.status == CANONICAL:
-            record["vectors_of_canonical"] = _vectors(index, canonical.doc_id, canonical.segment_id, canonical.n_chunks)
+            record["vectors_of_canonical"] = _vectors(
+                index, canonical.doc_id, canonical.segment_id, canonical.n_chunks
+            )
     elif state.status == CANONICAL:
         record["segment_id"] = state.segment_id
         record["vectors"] = _vectors(index, state.doc_id, state.segment_id, state.n_chunks)
-        record["duplicates"] = sorted(d.doc_id for d in docs.values() if d.status == DUPLICATE and d.canonical_id == state.doc_id)
+        record["duplicates"] = sorted(
+            d.doc_id for d in docs.values() if d.status == DUPLICATE and d.canonical_id == state.doc_id
+        )
     return record
 
 
 def _vectors(index: HotIndex, doc_id: str, segment_id: str | None, n_chunks: int) -> list[dict[str, Any]]:
     ids = doc_vector_ids(doc_id, n_chunks)
-    return [{"vector_id": vid, "chunk_id": chunk_id(doc_id, i), "segment_id": segment_id} for i, vid in enumerate(ids)]
+    return [
+        {"vector_id": vid, "chunk_id": chunk_id(doc_id, i), "segment_id": segment_id}
+        for i, vid in enumerate(ids)
+    ]

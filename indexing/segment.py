@@ -130,7 +130,9 @@ class SegmentReader:
             raise IndexCorrupt(f"segment file {path} is missing")
         actual = sha256_file(path)
         if actual != self.info.files[name]:
-            raise IndexCorrupt(f"segment file {path} failed its checksum (expected {self.info.files[name][:12]}…)")
+            raise IndexCorrupt(
+                f"segment file {path} failed its checksum (expected {self.info.files[name][:12]}…)"
+            )
         return path
 
     @property

@@ -92,8 +92,12 @@ class Reconcile(beam.DoFn):
         doc_id, group = element
         states = group["state"]
         outcome: Outcome = reconcile(
-            doc_id, list(group["events"]), states[0] if states else None, list(group["dups"]),
-            self.fingerprint, self.full_sync_uris,
+            doc_id,
+            list(group["events"]),
+            states[0] if states else None,
+            list(group["dups"]),
+            self.fingerprint,
+            self.full_sync_uris,
         )
         if outcome.plan is not None:
             yield ("plan", outcome.plan)
@@ -150,8 +154,12 @@ def _state(upsert: Upsert, link: Link | None, run: RunContext) -> Any:
         ingest_time=run.started_at,
         run_id=run.run_id,
         metadata=json.dumps(event.metadata, ensure_ascii=False, sort_keys=True),
-        lineage=json.dumps(document_lineage(run, event.source.to_dict(), event.event_time,
-                                            upsert.candidate.content_hash, dedup), sort_keys=True),
+        lineage=json.dumps(
+            document_lineage(
+                run, event.source.to_dict(), event.event_time, upsert.candidate.content_hash, dedup
+            ),
+            sort_keys=True,
+        ),
     )
     if link:
         return state
@@ -162,12 +170,22 @@ def _state(upsert: Upsert, link: Link | None, run: RunContext) -> Any:
 def _deleted_state(plan: Plan, run: RunContext) -> tuple[str, DocState]:
     event = plan.event
     lineage = document_lineage(run, event.source.to_dict(), event.event_time, "", {"decision": "deleted"})
-    return ("doc", DocState(
-        doc_id=plan.doc_id, version=event.version, status=DELETED, fingerprint=run.fingerprint,
-        source_system=event.source.system, source_uri=event.source.uri, source_position=event.source.position,
-        event_time=event.event_time, ingest_time=run.started_at, run_id=run.run_id,
-        lineage=json.dumps(lineage, sort_keys=True),
-    ))
+    return (
+        "doc",
+        DocState(
+            doc_id=plan.doc_id,
+            version=event.version,
+            status=DELETED,
+            fingerprint=run.fingerprint,
+            source_system=event.source.system,
+            source_uri=event.source.uri,
+            source_position=event.source.position,
+            event_time=event.event_time,
+            ingest_time=run.started_at,
+            run_id=run.run_id,
+            lineage=json.dumps(lineage, sort_keys=True),
+        ),
+    )
 
 
 def _upsert(plan: Plan, config: IngestConfig) -> Upsert:
@@ -186,7 +204,9 @@ class ChunkDocuments(beam.DoFn):
         self._chunker: TokenChunker | None = None
 
     def setup(self) -> None:
-        self._chunker = TokenChunker(self.config.chunking, model_dir(self.config.embedding) / "tokenizer.json")
+        self._chunker = TokenChunker(
+            self.config.chunking, model_dir(self.config.embedding) / "tokenizer.json"
+        )
         self._chunker.warm_up()
 
     def process(self, doc: DocChunks) -> Iterator[tuple[int, DocChunks]]:
@@ -196,7 +216,9 @@ class ChunkDocuments(beam.DoFn):
         lineage = json.loads(state.lineage)
         for piece in self._chunker.chunk(state.title, body):
             cid = chunk_id(state.doc_id, piece.ordinal)
-            chunk_lineage = dict(lineage, chunk={"ordinal": piece.ordinal, "start": piece.start, "end": piece.end})
+            chunk_lineage = dict(
+                lineage, chunk={"ordinal": piece.ordinal, "start": piece.start, "end": piece.end}
+            )
             doc.chunks.append(
                 Chunk(
                     content=Content(text=piece.text),
@@ -281,13 +303,24 @@ def build_pipeline(
     )
     plans = (
         {
-            "plans": outcomes | "Plans" >> _tagged("plan") | "PlansById" >> beam.Map(lambda pl: (pl.doc_id, pl)),
-            "promotions": outcomes | "Promotions" >> _tagged("promote") | "PromoById" >> beam.Map(lambda s: (s.doc_id, s)),
+            "plans": outcomes
+            | "Plans" >> _tagged("plan")
+            | "PlansById" >> beam.Map(lambda pl: (pl.doc_id, pl)),
+            "promotions": outcomes
+            | "Promotions" >> _tagged("promote")
+            | "PromoById" >> beam.Map(lambda s: (s.doc_id, s)),
         }
         | "JoinPromotions" >> beam.CoGroupByKey()
-        | "MergePromotions" >> beam.FlatMap(lambda kv: [pl] if (pl := merge_promotion(kv[1]["plans"], kv[1]["promotions"])) else [])
+        | "MergePromotions"
+        >> beam.FlatMap(
+            lambda kv: [pl] if (pl := merge_promotion(kv[1]["plans"], kv[1]["promotions"])) else []
+        )
     )
-    deletes = plans | "Deletes" >> beam.Filter(lambda pl: pl.action == DELETE) | "DeletedState" >> beam.Map(_deleted_state, run)
+    deletes = (
+        plans
+        | "Deletes" >> beam.Filter(lambda pl: pl.action == DELETE)
+        | "DeletedState" >> beam.Map(_deleted_state, run)
+    )
     upserts = (
         plans
         | "UpsertPlans" >> beam.Filter(lambda pl: pl.action != DELETE)
@@ -321,9 +354,11 @@ def build_pipeline(
     )
     dead_files = (
         dead
-        | "DeadByShard" >> beam.Map(lambda d: (shard_of(f"{d.source.uri}|{d.source.position}", DEAD_LETTER_SHARDS), d))
+        | "DeadByShard"
+        >> beam.Map(lambda d: (shard_of(f"{d.source.uri}|{d.source.position}", DEAD_LETTER_SHARDS), d))
         | "GroupDead" >> beam.GroupByKey()
-        | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(str(Path(config.index_dir) / "deadletter" / run.run_id)))
+        | "WriteDeadLetters"
+        >> beam.ParDo(WriteDeadLetters(str(Path(config.index_dir) / "deadletter" / run.run_id)))
     )
     stats = (
         (parsed | "ParseStats" >> _tagged("stat"), outcomes | "ReconcileStats" >> _tagged("stat"))

@@ -59,15 +59,21 @@ def bench_ingest(dataset: Path, limit: int, out: Path, beam_args: list[str] | No
         pipeline_s = time.perf_counter() - started
 
     n_docs, n_chunks = len(docs), len(texts)
-    report = {
+    report: dict[str, Any] = {
         "dataset": str(dataset),
         "documents": n_docs,
         "chunks": n_chunks,
-        "bare_encode": {"seconds": round(bare_s, 2), "docs_per_s": round(n_docs / bare_s, 2),
-                        "chunks_per_s": round(n_chunks / bare_s, 2)},
-        "pipeline": {"seconds": round(pipeline_s, 2), "docs_per_s": round(n_docs / pipeline_s, 2),
-                     "chunks_per_s": round(n_chunks / pipeline_s, 2),
-                     "chunks_embedded": summary["counts"].get("chunks_embedded", 0)},
+        "bare_encode": {
+            "seconds": round(bare_s, 2),
+            "docs_per_s": round(n_docs / bare_s, 2),
+            "chunks_per_s": round(n_chunks / bare_s, 2),
+        },
+        "pipeline": {
+            "seconds": round(pipeline_s, 2),
+            "docs_per_s": round(n_docs / pipeline_s, 2),
+            "chunks_per_s": round(n_chunks / pipeline_s, 2),
+            "chunks_embedded": summary["counts"].get("chunks_embedded", 0),
+        },
         "ratio_pipeline_to_bare": round(bare_s / pipeline_s, 3),
         "peak_rss_mib": {"after_model_load": round(rss_before, 1), "end": round(_peak_rss_mib(), 1)},
         "model": embedder.identity(),

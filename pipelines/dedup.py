@@ -77,7 +77,9 @@ def candidate_keys(candidate: Candidate, config: DedupConfig) -> list[str]:
         rows = config.num_perm // config.bands
         values = np.frombuffer(candidate.signature, dtype=np.uint64)
         for band in range(config.bands):
-            digest = hashlib.blake2b(values[band * rows : (band + 1) * rows].tobytes(), digest_size=12).hexdigest()
+            digest = hashlib.blake2b(
+                values[band * rows : (band + 1) * rows].tobytes(), digest_size=12
+            ).hexdigest()
             keys.append(f"b{band}:{digest}")
     return keys
 

@@ -47,7 +47,9 @@ class Outcome:
 def newest(events: list[DocumentEvent]) -> DocumentEvent:
     """The event that wins among several for one document: highest version; at equal versions a delete
     wins, then the highest source position (deterministic whatever order they arrived in)."""
-    return max(events, key=lambda e: (e.version, e.op == DELETE, e.source.uri, _position_key(e.source.position)))
+    return max(
+        events, key=lambda e: (e.version, e.op == DELETE, e.source.uri, _position_key(e.source.position))
+    )
 
 
 def _position_key(position: str) -> tuple[str, int]:
@@ -81,10 +83,14 @@ def reconcile(
             and committed.source_uri in full_sync_uris
         ):
             gone = DocumentEvent(
-                doc_id, "delete", source=SourcePosition(committed.source_system, committed.source_uri, "full-sync"),
+                doc_id,
+                "delete",
+                source=SourcePosition(committed.source_system, committed.source_uri, "full-sync"),
                 version=committed.version + 1,
             )
-            return Outcome(plan=Plan(doc_id, DELETE, gone, committed), promote=_to_promote(committed, duplicates))
+            return Outcome(
+                plan=Plan(doc_id, DELETE, gone, committed), promote=_to_promote(committed, duplicates)
+            )
         if committed is not None and committed.status == CANONICAL:
             return Outcome(unchanged_canonical=committed)
         return Outcome()
@@ -123,8 +129,14 @@ def promotion_plan(state: DocState) -> Plan:
     import json
 
     event = DocumentEvent(
-        state.doc_id, "upsert", state.text or "", state.title, json.loads(state.metadata or "{}"),
-        SourcePosition(state.source_system, state.source_uri, state.source_position), state.version, state.event_time,
+        state.doc_id,
+        "upsert",
+        state.text or "",
+        state.title,
+        json.loads(state.metadata or "{}"),
+        SourcePosition(state.source_system, state.source_uri, state.source_position),
+        state.version,
+        state.event_time,
     )
     return Plan(state.doc_id, UPSERT, event, state, promoted=True)
 

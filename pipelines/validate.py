@@ -23,20 +23,44 @@ def _expectations(config: ValidationConfig) -> list[tuple[str, str, Any]]:
     """(reason code, description, GX expectation) for each rule."""
     import great_expectations as gx
 
-    upserts = {"row_condition": 'op=="upsert"', "condition_parser": "pandas"}
+    upserts: dict[str, Any] = {"row_condition": 'op=="upsert"', "condition_parser": "pandas"}
     return [
-        ("bad_id", f"doc_id must be 1..{config.max_id_chars} characters",
-         gx.expectations.ExpectColumnValueLengthsToBeBetween(column="doc_id", min_value=1, max_value=config.max_id_chars)),
-        ("bad_op", f"op must be one of {OPS}",
-         gx.expectations.ExpectColumnValuesToBeInSet(column="op", value_set=list(OPS))),
-        ("bad_version", "version must be >= 0",
-         gx.expectations.ExpectColumnValuesToBeBetween(column="version", min_value=0)),
-        ("empty_text", "an upsert needs non-blank text",
-         gx.expectations.ExpectColumnValuesToBeBetween(column="text_chars", min_value=1, **upserts)),
-        ("too_large", f"text must be at most {config.max_text_chars} characters",
-         gx.expectations.ExpectColumnValuesToBeBetween(column="text_chars", max_value=config.max_text_chars)),
-        ("too_large", f"title must be at most {config.max_title_chars} characters",
-         gx.expectations.ExpectColumnValuesToBeBetween(column="title_chars", max_value=config.max_title_chars)),
+        (
+            "bad_id",
+            f"doc_id must be 1..{config.max_id_chars} characters",
+            gx.expectations.ExpectColumnValueLengthsToBeBetween(
+                column="doc_id", min_value=1, max_value=config.max_id_chars
+            ),
+        ),
+        (
+            "bad_op",
+            f"op must be one of {OPS}",
+            gx.expectations.ExpectColumnValuesToBeInSet(column="op", value_set=list(OPS)),
+        ),
+        (
+            "bad_version",
+            "version must be >= 0",
+            gx.expectations.ExpectColumnValuesToBeBetween(column="version", min_value=0),
+        ),
+        (
+            "empty_text",
+            "an upsert needs non-blank text",
+            gx.expectations.ExpectColumnValuesToBeBetween(column="text_chars", min_value=1, **upserts),
+        ),
+        (
+            "too_large",
+            f"text must be at most {config.max_text_chars} characters",
+            gx.expectations.ExpectColumnValuesToBeBetween(
+                column="text_chars", max_value=config.max_text_chars
+            ),
+        ),
+        (
+            "too_large",
+            f"title must be at most {config.max_title_chars} characters",
+            gx.expectations.ExpectColumnValuesToBeBetween(
+                column="title_chars", max_value=config.max_title_chars
+            ),
+        ),
     ]
 
 
@@ -70,7 +94,9 @@ class DocumentValidator:
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         source = context.data_sources.add_pandas("tierflow")
-        self._batch_definition = source.add_dataframe_asset("documents").add_batch_definition_whole_dataframe("batch")
+        self._batch_definition = source.add_dataframe_asset("documents").add_batch_definition_whole_dataframe(
+            "batch"
+        )
         self._rules = _expectations(self.config)
         suite = gx.ExpectationSuite(name=SUITE_NAME)
         for _, _, expectation in self._rules:
@@ -118,7 +144,13 @@ def _raw(event: DocumentEvent) -> str:
     import json
 
     return json.dumps(
-        {"doc_id": event.doc_id, "op": event.op, "title": event.title, "text": event.text,
-         "metadata": event.metadata, "version": event.version},
+        {
+            "doc_id": event.doc_id,
+            "op": event.op,
+            "title": event.title,
+            "text": event.text,
+            "metadata": event.metadata,
+            "version": event.version,
+        },
         ensure_ascii=False,
     )

@@ -52,7 +52,7 @@ class EmbedChunks(beam.DoFn):
         self._embedder = Embedder(self.config)
         self._embedder.warm_up()
 
-    def process(self, element: tuple[int, list[DocChunks]]):  # type: ignore[no-untyped-def]
+    def process(self, element: tuple[int, list[DocChunks]]):
         assert self._embedder is not None
         shard, docs = element
         chunks = [chunk for doc in docs for chunk in doc.chunks]
@@ -89,7 +89,7 @@ class _WriteSegment(beam.DoFn):
     def __init__(self, config: HotTierWriteConfig) -> None:
         self.config = config
 
-    def process(self, element: tuple[int, list[DocChunks]]):  # type: ignore[no-untyped-def]
+    def process(self, element: tuple[int, list[DocChunks]]):
         _, docs = element
         rows: list[dict[str, Any]] = []
         vectors: list[Any] = []
@@ -137,13 +137,16 @@ class WriteDeadLetters(beam.DoFn):
     def __init__(self, directory: str) -> None:
         self.directory = directory
 
-    def process(self, element: tuple[int, list[DeadLetter]]):  # type: ignore[no-untyped-def]
+    def process(self, element: tuple[int, list[DeadLetter]]):
         shard, letters = element
         letters = sorted(letters, key=lambda d: (d.source.uri, d.source.position, d.reason))
         path = Path(self.directory) / f"part-{shard:05d}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, "".join(d.to_json() + "\n" for d in letters).encode("utf-8"))
-        yield ("deadletters", {"file": str(path), "count": len(letters), "reasons": dict(Counter(d.reason for d in letters))})
+        yield (
+            "deadletters",
+            {"file": str(path), "count": len(letters), "reasons": dict(Counter(d.reason for d in letters))},
+        )
 
 
 class CommitRun(beam.DoFn):
@@ -154,7 +157,7 @@ class CommitRun(beam.DoFn):
         self.run = run
         self.sources = sources
 
-    def process(self, element: tuple[str, list[tuple[str, Any]]]):  # type: ignore[no-untyped-def]
+    def process(self, element: tuple[str, list[tuple[str, Any]]]):
         _, items = element
         segments: list[SegmentInfo] = []
         updates: list[DocState] = []
@@ -179,7 +182,11 @@ class CommitRun(beam.DoFn):
             "started_at": self.run.started_at,
             "code_version": self.run.code_version,
             "counts": dict(sorted(stats.items())),
-            "dead_letters": {"total": sum(dead.values()), "by_reason": dict(sorted(dead.items())), "files": sorted(dead_files)},
+            "dead_letters": {
+                "total": sum(dead.values()),
+                "by_reason": dict(sorted(dead.items())),
+                "files": sorted(dead_files),
+            },
             "segments_written": len(segments),
         }
         result = HotIndex(self.index_dir).commit(

@@ -28,13 +28,20 @@ def demo_docs() -> list[dict[str, Any]]:
             doc = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if doc.get("_id") and doc.get("text", "").strip() and "copy" not in doc["_id"] and "mirror" not in doc["_id"]:
+        if (
+            doc.get("_id")
+            and doc.get("text", "").strip()
+            and "copy" not in doc["_id"]
+            and "mirror" not in doc["_id"]
+        ):
             docs.append(doc)
     return docs
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any] | bytes], mtime_ns: int | None = None) -> Path:
-    path.write_bytes(b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records))
+    path.write_bytes(
+        b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records)
+    )
     if mtime_ns is not None:
         os.utime(path, ns=(mtime_ns, mtime_ns))
     return path
@@ -44,7 +51,9 @@ def config(index_dir: Path, **overrides: Any) -> IngestConfig:
     return load_config(overrides={"index_dir": str(index_dir), "write_shards": 2, **overrides}, environ={})
 
 
-def ingest(path: Path | str, cfg: IngestConfig, beam_args: list[str] | None = None, **source: Any) -> dict[str, Any]:
+def ingest(
+    path: Path | str, cfg: IngestConfig, beam_args: list[str] | None = None, **source: Any
+) -> dict[str, Any]:
     return run_batch(FileSourceConfig(str(path), **source), cfg, beam_args)
 
 

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from indexing.hot import HotIndex
-from tests.helpers import canonical_ids, config, demo_docs, ingest, live_docs, live_vectors, top_doc, write_jsonl
+from tests.helpers import (
+    canonical_ids,
+    config,
+    demo_docs,
+    ingest,
+    live_docs,
+    live_vectors,
+    top_doc,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.model
 
@@ -78,8 +87,13 @@ def test_bad_input_is_dead_lettered_and_nothing_else_is_lost(tmp_path: Path) -> 
 
     dead = summary["dead_letters"]
     assert dead["by_reason"] == {
-        "malformed_json": 1, "missing_id": 2, "empty_text": 1, "not_utf8": 1, "too_large": 1,
-        "wrong_type": 1, "not_an_object": 1,
+        "malformed_json": 1,
+        "missing_id": 2,
+        "empty_text": 1,
+        "not_utf8": 1,
+        "too_large": 1,
+        "wrong_type": 1,
+        "not_an_object": 1,
     }
     assert set(live_docs(tmp_path / "hot")) == {d["_id"] for d in docs}
     letters = [json.loads(line) for f in dead["files"] for line in Path(f).read_text().splitlines()]
@@ -94,7 +108,11 @@ def test_bad_input_is_dead_lettered_and_nothing_else_is_lost(tmp_path: Path) -> 
 def test_duplicates_are_linked_not_embedded_and_promoted_when_canonical_goes(tmp_path: Path) -> None:
     docs = demo_docs()[:6]
     base = docs[2]
-    exact = {"_id": "zz-exact", "title": base["title"].upper(), "text": "  " + base["text"].replace(" ", "   ")}
+    exact = {
+        "_id": "zz-exact",
+        "title": base["title"].upper(),
+        "text": "  " + base["text"].replace(" ", "   "),
+    }
     near = {"_id": "zz-near", "title": base["title"], "text": base["text"] + " It is widely used."}
     cfg = config(tmp_path / "hot")
     corpus = write_jsonl(tmp_path / "docs.jsonl", [*docs, exact, near], mtime_ns=1_000)

@@ -36,7 +36,9 @@ def test_sigkill_during_ingest_leaves_last_commit_intact(tmp_path: Path) -> None
     rng = random.Random(20261129)
     outcomes = []
     for attempt in range(KILLS):
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         delay = rng.uniform(1.0, 12.0)
         time.sleep(delay)
         finished = proc.poll() is not None

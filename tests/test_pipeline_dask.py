@@ -34,7 +34,11 @@ def test_dask_runner_matches_direct_runner_and_writers_on_both_workers_publish_o
     dask = ingest(corpus, config(tmp_path / "dask", write_shards=4), dask_args, split_bytes=1500)
 
     assert dask["counts"] == direct["counts"]
-    assert dask["dead_letters"]["by_reason"] == direct["dead_letters"]["by_reason"] == {"malformed_json": 1, "missing_id": 1}
+    assert (
+        dask["dead_letters"]["by_reason"]
+        == direct["dead_letters"]["by_reason"]
+        == {"malformed_json": 1, "missing_id": 1}
+    )
     assert live_vectors(tmp_path / "dask") == live_vectors(tmp_path / "direct")
     assert set(live_docs(tmp_path / "dask")) == {d["_id"] for d in docs}
 

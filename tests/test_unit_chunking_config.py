@@ -39,11 +39,12 @@ def n_tokens(tokenizer: Any, text: str) -> int:
 
 def prose(seed: int, n_words: int) -> str:
     rnd = random.Random(seed)
-    vocab = (
+    sentence = (
         "the retrieval pipeline embeds documents into vectors; unbelievably, tokenisation splits "
         "hyperparameterisation, electroencephalography and 3.14159 into word-pieces. Café naïve résumé "
         "Zürich 東京 emoji 🙂 (parentheses) [brackets] C++ don't can't state-of-the-art"
-    ).split()
+    )
+    vocab = sentence.split()
     return " ".join(rnd.choice(vocab) for _ in range(n_words))
 
 
@@ -206,7 +207,7 @@ def test_unknown_key_names_the_key_and_where_it_looked(
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG tierflow/config.py:135/154/155: nested settings are named without a dot "
+        "BUG tierflow/config.py:139+159+161 (build/_coerce): nested settings are named without a dot "
         "('indextypo', 'indexhnsw_m') because build() passes where='index' and joins f'{where}{k}'."
     ),
     raises=AssertionError,
@@ -261,7 +262,7 @@ def test_bad_values_are_config_errors(
 
 
 BANDS_BUG = (
-    "BUG tierflow/config.py:88: DedupConfig only checks num_perm % bands; bands=0 raises "
+    "BUG tierflow/config.py:90 (DedupConfig.__post_init__): it only checks num_perm % bands; bands=0 raises "
     "ZeroDivisionError (not ConfigError) and a negative bands value (128 % -16 == 0) is accepted, "
     "which makes candidate_keys emit no LSH bands at all."
 )

@@ -300,7 +300,7 @@ def test_redelivered_events_in_a_new_segment_change_nothing(tmp_path: Path) -> N
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG indexing/hot.py:195+180: committing the same CommitRequest twice (a retried commit step) "
+        "BUG indexing/hot.py:197+182-187 (HotIndex.commit): committing the same CommitRequest twice (a retried commit step) "
         "appends its segments to the manifest again and treats every update as a stale replay, "
         "tombstoning the doc's own live vectors in both copies: the documents disappear from search."
     ),
@@ -538,7 +538,7 @@ def test_collect_garbage_removes_only_unreferenced_files(tmp_path: Path) -> None
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG indexing/hot.py:279-291: collect_garbage keeps the newest N generation numbers, not the one "
+        "BUG indexing/hot.py:288+298 (HotIndex.collect_garbage): it keeps the newest N generation numbers, not the one "
         "CURRENT names; after a rollback (ManifestStore.switch) it deletes the live manifest and its files."
     ),
     raises=IndexCorrupt,
@@ -561,7 +561,7 @@ def test_collect_garbage_after_rollback_keeps_the_current_manifest(tmp_path: Pat
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG indexing/hot.py:279+289: collect_garbage(keep_generations=0) keeps every file "
+        "BUG indexing/hot.py:288+298 (HotIndex.collect_garbage): keep_generations=0 keeps every file "
         "(generations[-0:] is all of them) but unlinks every manifest (generations[:None]), CURRENT included."
     ),
     raises=IndexCorrupt,
@@ -577,7 +577,7 @@ def test_collect_garbage_never_removes_the_current_manifest(tmp_path: Path) -> N
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG indexing/hot.py:194+218+111 (generation = base.generation + 1; tombstones/docs/manifest named by "
+        "BUG indexing/hot.py:196+222+114 (HotIndex.commit/_with_tombstones/tombstones; generation = base.generation + 1; tombstones/docs/manifest named by "
         "generation; tombstones cached by file name): a commit after ManifestStore.switch to an older generation reuses the generation "
         "number, overwrites files that newer kept snapshots name (tombstones/<seg>-<gen>.npy), so those "
         "snapshots change content, and the writer's own tombstone cache (keyed by file name) serves the "
@@ -592,6 +592,8 @@ def test_commit_after_rollback_leaves_kept_snapshots_intact(tmp_path: Path) -> N
     lab.commit([], [DocState("a", 2, DELETED)])  # g2: tombstones for s1
     s2, st2 = lab.segment([("c", 1, 1)])
     lab.commit([s2], st2)  # g3: s1 keeps g2's tombstone file
+    at_g3 = {s1.segment_id: set(doc_vector_ids("b", 2)), s2.segment_id: set(doc_vector_ids("c", 1))}
+    assert visible_ids(lab.hot) == at_g3  # this process has served generation 3
     lab.hot.store.switch(1)
     lab.commit([], [DocState("b", 2, DELETED)])  # a new commit on top of the rollback
     problems = []
@@ -599,7 +601,7 @@ def test_commit_after_rollback_leaves_kept_snapshots_intact(tmp_path: Path) -> N
         problems.append("the writer's own view of the new state is wrong")
     lab.hot.store.switch(3)
     snapshot = visible_ids(HotIndex(lab.hot.root))
-    if snapshot != {s1.segment_id: set(doc_vector_ids("b", 2)), s2.segment_id: set(doc_vector_ids("c", 1))}:
+    if snapshot != at_g3:
         problems.append("kept snapshot 3 changed content")
     assert not problems, problems
 

@@ -234,10 +234,11 @@ def test_merge_promotion() -> None:
 # ---- dedup -----------------------------------------------------------------------------------------
 
 CFG = DedupConfig()
-WORDS = (
+WORD_TEXT = (
     "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
     "upsilon phi chi psi omega river mountain forest ocean desert valley canyon glacier meadow island"
-).split()
+)
+WORDS = WORD_TEXT.split()
 
 
 def text_of(seed: int, n: int = 120) -> str:

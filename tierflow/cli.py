@@ -17,12 +17,26 @@ from typing import Any
 
 from tierflow.errors import TierflowError
 
-QUIET_LOGGERS = ("apache_beam", "great_expectations", "urllib3", "httpx", "sentence_transformers", "faiss", "root",
-                 "distributed", "transformers", "huggingface_hub", "botocore")
+QUIET_LOGGERS = (
+    "apache_beam",
+    "great_expectations",
+    "urllib3",
+    "httpx",
+    "sentence_transformers",
+    "faiss",
+    "root",
+    "distributed",
+    "transformers",
+    "huggingface_hub",
+    "botocore",
+)
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("pipelines").setLevel(logging.INFO)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
@@ -43,8 +57,14 @@ def _config(args: argparse.Namespace) -> Any:
         overrides["index"] = {"type": args.index_type}
     if getattr(args, "sync", None):
         overrides["sync"] = args.sync
-    chunking = {k: v for k, v in (("max_tokens", getattr(args, "chunk_tokens", None)),
-                                  ("overlap_tokens", getattr(args, "chunk_overlap", None))) if v is not None}
+    chunking = {
+        k: v
+        for k, v in (
+            ("max_tokens", getattr(args, "chunk_tokens", None)),
+            ("overlap_tokens", getattr(args, "chunk_overlap", None)),
+        )
+        if v is not None
+    }
     if chunking:
         overrides["chunking"] = chunking
     if getattr(args, "device", None):
@@ -55,8 +75,20 @@ def _config(args: argparse.Namespace) -> Any:
 def _source(args: argparse.Namespace) -> Any:
     from connectors.files import FileSourceConfig
 
-    fields = {k: getattr(args, k) for k in ("format", "id_field", "text_field", "title_field", "op_field",
-                                            "version_field", "glob", "s3_endpoint_url") if getattr(args, k, None)}
+    fields = {
+        k: getattr(args, k)
+        for k in (
+            "format",
+            "id_field",
+            "text_field",
+            "title_field",
+            "op_field",
+            "version_field",
+            "glob",
+            "s3_endpoint_url",
+        )
+        if getattr(args, k, None)
+    }
     return FileSourceConfig(args.source, **fields)
 
 
@@ -106,7 +138,9 @@ def cmd_search(args: argparse.Namespace, _: list[str]) -> int:
     for rank, r in enumerate(results, 1):
         text = " ".join(r.text.split())
         dups = f"  (+{len(r.duplicates)} duplicate(s): {', '.join(r.duplicates)})" if r.duplicates else ""
-        print(f"{rank:>3}  {r.score:6.3f}  {r.doc_id:<20} {r.tier:<5} {text[:90]}{'…' if len(text) > 90 else ''}{dups}")
+        print(
+            f"{rank:>3}  {r.score:6.3f}  {r.doc_id:<20} {r.tier:<5} {text[:90]}{'…' if len(text) > 90 else ''}{dups}"
+        )
     return 0
 
 
@@ -116,7 +150,10 @@ def cmd_lineage(args: argparse.Namespace, _: list[str]) -> int:
     config = _config(args)
     record = lineage_of(Path(config.index_dir), args.id)
     if record is None:
-        print(f"{args.id!r} is neither a document id nor a live vector id in {config.index_dir}", file=sys.stderr)
+        print(
+            f"{args.id!r} is neither a document id nor a live vector id in {config.index_dir}",
+            file=sys.stderr,
+        )
         return 1
     print(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False))
     return 0
@@ -143,7 +180,9 @@ def cmd_eval(args: argparse.Namespace, beam_args: list[str]) -> int:
     searcher = Searcher(HotIndex(config.index_dir), config.embedding)
     reference = dict(item.split("=", 1) for item in args.reference) if args.reference else None
     result = evaluate_index(
-        searcher, dataset, ks=tuple(args.k),
+        searcher,
+        dataset,
+        ks=tuple(args.k),
         reference={k: float(v) for k, v in reference.items()} if reference else None,
     )
     paths = write_reports(args.out, result)
@@ -156,7 +195,9 @@ def cmd_compact(args: argparse.Namespace, _: list[str]) -> int:
     from indexing.hot import HotIndex
 
     manifest = HotIndex(_config(args).index_dir).compact()
-    print(f"generation {manifest.generation}: {len(manifest.segments)} segment(s), {manifest.n_vectors} vectors")
+    print(
+        f"generation {manifest.generation}: {len(manifest.segments)} segment(s), {manifest.n_vectors} vectors"
+    )
     return 0
 
 
@@ -183,7 +224,9 @@ def cmd_bench(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _add_index_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", help="hot-tier directory (default: index_dir from config, tierflow-data/hot)")
+    parser.add_argument(
+        "--index", help="hot-tier directory (default: index_dir from config, tierflow-data/hot)"
+    )
     parser.add_argument("--config", help="TOML config file (default: ./tierflow.toml if present)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every stage")
 
@@ -206,7 +249,9 @@ def parser() -> argparse.ArgumentParser:
         ingest.add_argument(f"--{name}", dest=name.replace("-", "_"))
     ingest.add_argument("--glob", help="file pattern inside a directory or prefix")
     ingest.add_argument("--s3-endpoint-url", dest="s3_endpoint_url", help="S3-compatible endpoint")
-    ingest.add_argument("--sync", choices=("incremental", "full"), help="full: delete documents gone from the source files")
+    ingest.add_argument(
+        "--sync", choices=("incremental", "full"), help="full: delete documents gone from the source files"
+    )
     ingest.add_argument("--json", action="store_true", help="print the run summary as JSON")
     _add_index_args(ingest)
     _add_build_args(ingest)
@@ -226,7 +271,9 @@ def parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="score retrieval on a BEIR dataset; writes report.json and report.md")
     ev.add_argument("--dataset", required=True, help="BEIR dataset directory")
-    ev.add_argument("--out", required=True, help="report directory (the index goes in OUT/index unless --index)")
+    ev.add_argument(
+        "--out", required=True, help="report directory (the index goes in OUT/index unless --index)"
+    )
     ev.add_argument("--split", default="test")
     ev.add_argument("-k", type=int, nargs="+", default=[1, 3, 5, 10, 100], help="cut-offs")
     ev.add_argument("--reference", nargs="*", help="published scores to compare, e.g. ndcg@10=0.645")
@@ -240,7 +287,9 @@ def parser() -> argparse.ArgumentParser:
 
     gc = sub.add_parser("gc", help="delete files no kept manifest references")
     gc.add_argument("--keep", type=int, default=5, help="manifests (snapshots) to keep")
-    gc.add_argument("--min-age", type=float, default=6 * 3600, help="seconds an unreferenced segment must be old")
+    gc.add_argument(
+        "--min-age", type=float, default=6 * 3600, help="seconds an unreferenced segment must be old"
+    )
     _add_index_args(gc)
     gc.set_defaults(func=cmd_gc)
 
@@ -248,7 +297,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="tierflow-data/demo")
     demo.set_defaults(func=cmd_demo)
 
-    bench = sub.add_parser("bench", help="pipeline throughput vs bare SentenceTransformer.encode, same process")
+    bench = sub.add_parser(
+        "bench", help="pipeline throughput vs bare SentenceTransformer.encode, same process"
+    )
     bench.add_argument("--dataset", default="../shared/data/scifact")
     bench.add_argument("--limit", type=int, default=0, help="documents to use (0 = all)")
     bench.add_argument("--out", default="tierflow-data/bench")

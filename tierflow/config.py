@@ -40,7 +40,9 @@ class ChunkingConfig:
         if self.max_tokens < 16:
             raise ConfigError(f"chunking.max_tokens must be >= 16, got {self.max_tokens}")
         if not 0 <= self.overlap_tokens < self.max_tokens // 2:
-            raise ConfigError(f"chunking.overlap_tokens must be in [0, max_tokens/2), got {self.overlap_tokens}")
+            raise ConfigError(
+                f"chunking.overlap_tokens must be in [0, max_tokens/2), got {self.overlap_tokens}"
+            )
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,9 @@ class DedupConfig:
 
     def __post_init__(self) -> None:
         if self.num_perm % self.bands:
-            raise ConfigError(f"dedup.num_perm ({self.num_perm}) must be a multiple of dedup.bands ({self.bands})")
+            raise ConfigError(
+                f"dedup.num_perm ({self.num_perm}) must be a multiple of dedup.bands ({self.bands})"
+            )
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"dedup.threshold must be in (0, 1], got {self.threshold}")
 
@@ -151,7 +155,9 @@ def build(cls: type[Any], values: dict[str, Any], where: str = "") -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(f'{where}{k}' for k in unknown)}; known: {sorted(known)}")
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(f'{where}{k}' for k in unknown)}; known: {sorted(known)}"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}{k}") for k, v in values.items()}
     return cls(**kwargs)
 
@@ -159,7 +165,9 @@ def build(cls: type[Any], values: dict[str, Any], where: str = "") -> Any:
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -195,7 +203,9 @@ def load_config(
     file_values: dict[str, Any] = {}
     file = Path(path) if path else Path(DEFAULT_FILE)
     if path and not file.exists():
-        raise ConfigError(f"config file {file} does not exist (looked at --config); create it or drop the flag")
+        raise ConfigError(
+            f"config file {file} does not exist (looked at --config); create it or drop the flag"
+        )
     if file.exists():
         try:
             file_values = tomllib.loads(file.read_text())
@@ -203,9 +213,12 @@ def load_config(
             raise ConfigError(f"config file {file} is not valid TOML: {err}") from err
     env_values = _from_env(dict(os.environ) if environ is None else environ)
     merged = _merge(_merge(file_values, env_values), overrides or {})
-    sources = f"(looked at: {file if file.exists() else 'no config file'}, {ENV_PREFIX}* variables, CLI options)"
+    sources = (
+        f"(looked at: {file if file.exists() else 'no config file'}, {ENV_PREFIX}* variables, CLI options)"
+    )
     try:
-        return build(IngestConfig, merged)  # type: ignore[no-any-return]
+        config: IngestConfig = build(IngestConfig, merged)
+        return config
     except ConfigError as err:
         raise ConfigError(f"{err} {sources}") from None
 

@@ -20,12 +20,19 @@ from pipelines.batch import run_batch
 from tierflow.config import load_config
 
 DATA = Path(__file__).resolve().parent / "demo_data"
-QUERIES = ("how do Kafka consumers resume after a restart", "fast approximate vector search", "bread with wild yeast")
+QUERIES = (
+    "how do Kafka consumers resume after a restart",
+    "fast approximate vector search",
+    "bread with wild yeast",
+)
 
 
 def _counts(summary: dict) -> str:
     counts = summary["counts"]
-    return ", ".join(f"{k}={counts[k]}" for k in sorted(counts)) + f", dead_letters={summary['dead_letters']['total']}"
+    return (
+        ", ".join(f"{k}={counts[k]}" for k in sorted(counts))
+        + f", dead_letters={summary['dead_letters']['total']}"
+    )
 
 
 def run_demo(workdir: Path, beam_args: list[str]) -> int:
@@ -55,7 +62,10 @@ def run_demo(workdir: Path, beam_args: list[str]) -> int:
 
     print("== 4. lineage of kafka-1-copy (an exact duplicate)")
     record = lineage_of(Path(config.index_dir), "kafka-1-copy") or {}
-    print("   " + json.dumps({k: record.get(k) for k in ("doc_id", "status", "canonical_id", "dedup", "source")}))
+    print(
+        "   "
+        + json.dumps({k: record.get(k) for k in ("doc_id", "status", "canonical_id", "dedup", "source")})
+    )
 
     print("== 5. evaluate on the demo's labelled queries")
     result = evaluate_index(searcher, load_beir(DATA), title="tierflow demo")
