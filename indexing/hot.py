@@ -181,7 +181,8 @@ class HotIndex:
                 current = docs.get(update.doc_id)
                 if current is not None and _is_stale(current, update):
                     stale += 1
-                    if update.segment_id and update.n_chunks:
+                    # A retried commit of this very request finds its vectors live: keep them.
+                    if update.segment_id and update.n_chunks and update.segment_id != current.segment_id:
                         added.setdefault(update.segment_id, set()).update(
                             doc_vector_ids(update.doc_id, update.n_chunks)
                         )
@@ -193,8 +194,10 @@ class HotIndex:
                 docs[update.doc_id] = update
                 applied += 1
             _resolve_canonical_links(docs)
-            generation = base.generation + 1
-            live = [*base.segments, *(LiveSegment(info) for info in request.segments if info.n_vectors)]
+            generation = self._next_generation(base)
+            known = {seg.info.segment_id for seg in base.segments}
+            new = [LiveSegment(info) for info in request.segments if info.n_vectors and info.segment_id not in known]
+            live = [*base.segments, *new]
             segments = [
                 self._with_tombstones(seg, added.get(seg.info.segment_id, set()), generation) for seg in live
             ]
@@ -214,6 +217,11 @@ class HotIndex:
             )
             self.store.publish(manifest)
             return CommitResult(generation, applied, stale, sum(len(v) for v in added.values()))
+
+    def _next_generation(self, base: Manifest) -> int:
+        """One past every generation on disk: after a rollback, new commits never reuse the numbers (and
+        file names) of the snapshots that were rolled back from."""
+        return max([base.generation, *self.store.generations()]) + 1
 
     def _with_tombstones(self, seg: LiveSegment, new: set[int], generation: int) -> LiveSegment:
         if not new:
@@ -257,7 +265,7 @@ class HotIndex:
             for state in docs.values():
                 if state.status == CANONICAL and state.segment_id:
                     state.segment_id = info.segment_id
-            generation = base.generation + 1
+            generation = self._next_generation(base)
             manifest = Manifest(
                 generation=generation,
                 segments=[LiveSegment(info)] if info.n_vectors else [],
@@ -281,11 +289,13 @@ class HotIndex:
             return manifest
 
     def collect_garbage(self, keep_generations: int = 5, min_age_s: float = 6 * 3600) -> list[Path]:
-        """Delete files no kept manifest names. Unreferenced segments younger than ``min_age_s`` are
-        kept: a running pipeline may be about to commit them."""
+        """Delete files that neither the current manifest nor the newest ``keep_generations`` name.
+        Unreferenced segments younger than ``min_age_s`` are kept: a running pipeline may be about to
+        commit them."""
         with self._lock():
             generations = self.store.generations()
-            kept = generations[-keep_generations:]
+            current = self.manifest().generation
+            kept = sorted(set(generations[-keep_generations:] if keep_generations > 0 else []) | ({current} if current else set()))
             referenced: set[str] = set()
             for gen in kept:
                 manifest = self.store.load(self.store.file_name(gen))
@@ -295,7 +305,7 @@ class HotIndex:
                     referenced.add(manifest.docs_file)
             removed: list[Path] = []
             now = time.time()
-            for gen in generations[: -keep_generations or None]:
+            for gen in sorted(set(generations) - set(kept)):
                 path = self.store.dir / self.store.file_name(gen)
                 path.unlink()
                 removed.append(path)

@@ -204,14 +204,6 @@ def test_unknown_key_names_the_key_and_where_it_looked(
         load_config(overrides={"nope": 1}, environ={})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG tierflow/config.py:139+159+161 (build/_coerce): nested settings are named without a dot "
-        "('indextypo', 'indexhnsw_m') because build() passes where='index' and joins f'{where}{k}'."
-    ),
-    raises=AssertionError,
-)
 @pytest.mark.parametrize(
     ("overrides", "name"),
     [({"index": {"typo": 1}}, "index.typo"), ({"index": {"hnsw_m": "many"}}, "index.hnsw_m")],
@@ -261,20 +253,11 @@ def test_bad_values_are_config_errors(
         load_config(overrides=overrides, environ={})
 
 
-BANDS_BUG = (
-    "BUG tierflow/config.py:90 (DedupConfig.__post_init__): it only checks num_perm % bands; bands=0 raises "
-    "ZeroDivisionError (not ConfigError) and a negative bands value (128 % -16 == 0) is accepted, "
-    "which makes candidate_keys emit no LSH bands at all."
-)
-
-
 @pytest.mark.parametrize(
     "bands",
     [
-        pytest.param(0, marks=pytest.mark.xfail(strict=True, raises=ZeroDivisionError, reason=BANDS_BUG)),
-        pytest.param(
-            -16, marks=pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=BANDS_BUG)
-        ),
+        0,
+        -16,
     ],
 )
 def test_non_positive_dedup_bands_are_config_errors(

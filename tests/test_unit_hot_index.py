@@ -297,15 +297,6 @@ def test_redelivered_events_in_a_new_segment_change_nothing(tmp_path: Path) -> N
         assert [seg.info.segment_id for seg in lab.hot.manifest().segments] == [s1.segment_id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG indexing/hot.py:197+182-187 (HotIndex.commit): committing the same CommitRequest twice (a retried commit step) "
-        "appends its segments to the manifest again and treats every update as a stale replay, "
-        "tombstoning the doc's own live vectors in both copies: the documents disappear from search."
-    ),
-    raises=AssertionError,
-)
 def test_replaying_the_same_commit_request_keeps_the_searchable_state(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "hot")
     s1, st1 = lab.segment([("a", 1, 3), ("b", 1, 2)])
@@ -535,14 +526,6 @@ def test_collect_garbage_removes_only_unreferenced_files(tmp_path: Path) -> None
     lab.assert_search_matches({"a": s2.segment_id, "c": s3.segment_id})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG indexing/hot.py:288+298 (HotIndex.collect_garbage): it keeps the newest N generation numbers, not the one "
-        "CURRENT names; after a rollback (ManifestStore.switch) it deletes the live manifest and its files."
-    ),
-    raises=IndexCorrupt,
-)
 def test_collect_garbage_after_rollback_keeps_the_current_manifest(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "hot")
     first = None
@@ -558,14 +541,6 @@ def test_collect_garbage_after_rollback_keeps_the_current_manifest(tmp_path: Pat
     lab.assert_search_matches({"a": first.segment_id})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG indexing/hot.py:288+298 (HotIndex.collect_garbage): keep_generations=0 keeps every file "
-        "(generations[-0:] is all of them) but unlinks every manifest (generations[:None]), CURRENT included."
-    ),
-    raises=IndexCorrupt,
-)
 def test_collect_garbage_never_removes_the_current_manifest(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "hot")
     s1, st1 = lab.segment([("a", 1, 2)])
@@ -574,17 +549,6 @@ def test_collect_garbage_never_removes_the_current_manifest(tmp_path: Path) -> N
     assert HotIndex(lab.hot.root).manifest().generation == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG indexing/hot.py:196+222+114 (HotIndex.commit/_with_tombstones/tombstones; generation = base.generation + 1; tombstones/docs/manifest named by "
-        "generation; tombstones cached by file name): a commit after ManifestStore.switch to an older generation reuses the generation "
-        "number, overwrites files that newer kept snapshots name (tombstones/<seg>-<gen>.npy), so those "
-        "snapshots change content, and the writer's own tombstone cache (keyed by file name) serves the "
-        "old array for the new state: a deleted doc is visible and a live one hidden."
-    ),
-    raises=AssertionError,
-)
 def test_commit_after_rollback_leaves_kept_snapshots_intact(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "hot")
     s1, st1 = lab.segment([("a", 1, 2), ("b", 1, 2)])

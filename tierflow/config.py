@@ -87,6 +87,8 @@ class DedupConfig:
     shingle_words: int = 5
 
     def __post_init__(self) -> None:
+        if self.bands < 1 or self.num_perm < 1:
+            raise ConfigError(f"dedup.num_perm and dedup.bands must be >= 1, got {self.num_perm} and {self.bands}")
         if self.num_perm % self.bands:
             raise ConfigError(
                 f"dedup.num_perm ({self.num_perm}) must be a multiple of dedup.bands ({self.bands})"
@@ -136,7 +138,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table of settings, got {value!r}")
-        return build(hint, value, where)  # type: ignore[arg-type]
+        return build(hint, value, f"{where}.")  # type: ignore[arg-type]
     try:
         if hint is bool and isinstance(value, str):
             if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
