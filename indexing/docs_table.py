@@ -83,13 +83,16 @@ DOC_SCHEMA = pa.schema(
         ("lineage", pa.string()),
     ]
 )
+ROW_GROUP_ROWS = 50_000  # a pipeline reads the table one row group per task
 _FIELD_NAMES = [f.name for f in fields(DocState) if f.name != "extra"]
 
 
 def write_docs(path: Path, docs: dict[str, DocState]) -> None:
     """Write the table sorted by doc id (deterministic bytes for the same state)."""
     rows = [docs[key].to_row() for key in sorted(docs)]
-    pq.write_table(pa.Table.from_pylist(rows, schema=DOC_SCHEMA), path, compression="zstd")
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=DOC_SCHEMA), path, compression="zstd", row_group_size=ROW_GROUP_ROWS
+    )
 
 
 def read_docs(path: Path) -> dict[str, DocState]:

@@ -196,7 +196,11 @@ class HotIndex:
             _resolve_canonical_links(docs)
             generation = self._next_generation(base)
             known = {seg.info.segment_id for seg in base.segments}
-            new = [LiveSegment(info) for info in request.segments if info.n_vectors and info.segment_id not in known]
+            new = [
+                LiveSegment(info)
+                for info in request.segments
+                if info.n_vectors and info.segment_id not in known
+            ]
             live = [*base.segments, *new]
             segments = [
                 self._with_tombstones(seg, added.get(seg.info.segment_id, set()), generation) for seg in live
@@ -295,7 +299,10 @@ class HotIndex:
         with self._lock():
             generations = self.store.generations()
             current = self.manifest().generation
-            kept = sorted(set(generations[-keep_generations:] if keep_generations > 0 else []) | ({current} if current else set()))
+            kept = sorted(
+                set(generations[-keep_generations:] if keep_generations > 0 else [])
+                | ({current} if current else set())
+            )
             referenced: set[str] = set()
             for gen in kept:
                 manifest = self.store.load(self.store.file_name(gen))

@@ -36,7 +36,7 @@ from pipelines.write import CommitRun, DocChunks, EmbedChunks, HotTierWriteConfi
 from tierflow.config import IngestConfig, to_dict
 from tierflow.deadletter import DeadLetter
 from tierflow.lineage import RunContext, code_version, document_lineage, new_run_id
-from tierflow.records import DocumentEvent, chunk_id, content_hash, vector_id
+from tierflow.records import DocumentEvent, chunk_id, content_hash, embeddable_text, vector_id
 
 LOG = logging.getLogger(__name__)
 SHARD_BYTES = 16 << 20
@@ -147,12 +147,7 @@ def _state(upsert: Upsert, link: Link | None, run: RunContext) -> Any:
         minhash=None if link else upsert.candidate.signature,
         title=event.title,
         text=event.text if link else None,
-        source_system=event.source.system,
-        source_uri=event.source.uri,
-        source_position=event.source.position,
-        event_time=event.event_time,
-        ingest_time=run.started_at,
-        run_id=run.run_id,
+        **_provenance(event, run),
         metadata=json.dumps(event.metadata, ensure_ascii=False, sort_keys=True),
         lineage=json.dumps(
             document_lineage(
@@ -167,6 +162,18 @@ def _state(upsert: Upsert, link: Link | None, run: RunContext) -> Any:
     return DocChunks(state, [])
 
 
+def _provenance(event: DocumentEvent, run: RunContext) -> dict[str, Any]:
+    """The document-table columns that say where and when a version came from."""
+    return {
+        "source_system": event.source.system,
+        "source_uri": event.source.uri,
+        "source_position": event.source.position,
+        "event_time": event.event_time,
+        "ingest_time": run.started_at,
+        "run_id": run.run_id,
+    }
+
+
 def _deleted_state(plan: Plan, run: RunContext) -> tuple[str, DocState]:
     event = plan.event
     lineage = document_lineage(run, event.source.to_dict(), event.event_time, "", {"decision": "deleted"})
@@ -177,21 +184,20 @@ def _deleted_state(plan: Plan, run: RunContext) -> tuple[str, DocState]:
             version=event.version,
             status=DELETED,
             fingerprint=run.fingerprint,
-            source_system=event.source.system,
-            source_uri=event.source.uri,
-            source_position=event.source.position,
-            event_time=event.event_time,
-            ingest_time=run.started_at,
-            run_id=run.run_id,
+            **_provenance(event, run),
             lineage=json.dumps(lineage, sort_keys=True),
         ),
     )
 
 
 def _upsert(plan: Plan, config: IngestConfig) -> Upsert:
-    text = f"{plan.event.title} {plan.event.text}".strip()
-    sig = signature(text, config.dedup) if config.dedup.near_duplicates else b""
-    return Upsert(plan, Candidate(plan.doc_id, content_hash(text), sig, False))
+    event = plan.event
+    sig = (
+        signature(embeddable_text(event.title, event.text), config.dedup)
+        if config.dedup.near_duplicates
+        else b""
+    )
+    return Upsert(plan, Candidate(plan.doc_id, event.content_hash, sig, False))
 
 
 # ---- chunk ---------------------------------------------------------------------------------------

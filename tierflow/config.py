@@ -88,7 +88,9 @@ class DedupConfig:
 
     def __post_init__(self) -> None:
         if self.bands < 1 or self.num_perm < 1:
-            raise ConfigError(f"dedup.num_perm and dedup.bands must be >= 1, got {self.num_perm} and {self.bands}")
+            raise ConfigError(
+                f"dedup.num_perm and dedup.bands must be >= 1, got {self.num_perm} and {self.bands}"
+            )
         if self.num_perm % self.bands:
             raise ConfigError(
                 f"dedup.num_perm ({self.num_perm}) must be a multiple of dedup.bands ({self.bands})"
