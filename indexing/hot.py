@@ -121,7 +121,12 @@ class HotIndex:
         merged: list[list[Hit]] = [[] for _ in range(len(queries))]
         for live in manifest.segments:
             spec = IndexSpec.from_dict(live.info.index)
-            scores, ids = search_index(self.reader(live.info).index, queries, k, spec, self.tombstones(live))
+            reader, dead = self.reader(live.info), self.tombstones(live)
+            # GPU flat indexes may not take ID selectors: a segment with tombstones is searched on the CPU
+            # (compaction clears them).
+            scores, ids = search_index(
+                reader.index if len(dead) else reader.search_index, queries, k, spec, dead
+            )
             for q in range(len(queries)):
                 merged[q].extend(
                     Hit(float(s), int(i), live.info.segment_id)

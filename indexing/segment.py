@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexing.durable import fsync_dir, sha256_file
-from indexing.faiss_index import IndexSpec, build_index
+from indexing.faiss_index import IndexSpec, build_index, to_search_device
 from tierflow.errors import IndexCorrupt
 
 INDEX_FILE = "index.faiss"
@@ -121,6 +121,7 @@ class SegmentReader:
         self.info = info
         self.mmap = mmap
         self._index: Any = None
+        self._search_index: Any = None
         self._chunks: pa.Table | None = None
         self._row_of: dict[int, int] | None = None
 
@@ -147,6 +148,13 @@ class SegmentReader:
             except RuntimeError as err:
                 raise IndexCorrupt(f"segment file {path} cannot be read by faiss: {err}") from err
         return self._index
+
+    @property
+    def search_index(self) -> Any:
+        """The index to search: on the GPU when the segment's spec allows it and one is present."""
+        if self._search_index is None:
+            self._search_index = to_search_device(self.index, IndexSpec.from_dict(self.info.index))
+        return self._search_index
 
     @property
     def chunks(self) -> pa.Table:

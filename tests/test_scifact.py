@@ -23,7 +23,7 @@ from tests.helpers import SCIFACT
 from tierflow.cli import main
 from tierflow.config import EmbeddingConfig, load_config
 
-pytestmark = [pytest.mark.scifact, pytest.mark.model]
+pytestmark = [pytest.mark.scifact, pytest.mark.model, pytest.mark.timeout(3600)]
 PUBLISHED_NDCG10 = (
     0.645  # sentence-transformers/all-MiniLM-L6-v2, exact search (MTEB), ../shared/data/README.md
 )
