@@ -21,7 +21,7 @@ def test_search_device_is_the_cpu_index_without_a_gpu() -> None:
     vectors = np.eye(4, dtype=np.float32)
     index = build_index(vectors, np.arange(4, dtype=np.int64), IndexSpec())
     if gpu_available():
-        pytest.skip("a GPU is present: covered by the device check script")
+        pytest.skip("a GPU is present: the CPU fallback is not what runs here")
     assert to_search_device(index, IndexSpec(use_gpu="auto")) is index
     assert to_search_device(index, IndexSpec(use_gpu="never")) is index
     with pytest.raises(ConfigError, match="faiss-gpu"):
