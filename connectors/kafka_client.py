@@ -1052,3 +1052,53 @@ class DocumentConsumer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+@dataclass
+class ProduceReport:
+    """What :func:`produce_jsonl` did: documents sent, and every line it refused with the reason."""
+
+    sent: int = 0
+    deleted: int = 0
+    refused: list[str] = field(default_factory=list)
+
+
+def produce_jsonl(producer: DocumentProducer, lines: Iterable[bytes]) -> ProduceReport:
+    """Send documents from JSON lines (``{"doc_id", "op", "text", "title", "metadata", "version",
+    "event_time"}``; ``_id`` is accepted for ``doc_id``), flushing at the end.
+
+    A line that breaks the contract is refused with its line number and reason; the rest are sent.
+    """
+    report = ProduceReport()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            if not isinstance(doc, dict):
+                raise BadRecord("not_an_object", "a document line must be a JSON object")
+            doc_id = doc.pop("doc_id", doc.pop("_id", None))
+            op = doc.pop("op", "upsert")
+            if op == "delete":
+                producer.delete(doc_id, doc.get("version"), doc.get("event_time"))
+                report.deleted += 1
+            else:
+                text = doc.get("text")
+                if not isinstance(text, str):
+                    reason = "missing_text" if text is None else "wrong_type"
+                    raise BadRecord(reason, f"an upsert needs a string 'text', got {type(text).__name__}")
+                producer.send(
+                    doc_id,
+                    text,
+                    doc.get("title", ""),
+                    doc.get("metadata"),
+                    doc.get("version"),
+                    doc.get("event_time"),
+                )
+                report.sent += 1
+        except json.JSONDecodeError as err:
+            report.refused.append(f"line {number}: malformed_json: {err}")
+        except BadRecord as err:
+            report.refused.append(f"line {number}: {err}")
+    producer.flush()
+    return report

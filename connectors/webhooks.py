@@ -46,13 +46,11 @@ import hmac
 import json
 import logging
 import math
-import os
 import re
 import signal
 import socket
 import threading
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -547,24 +545,11 @@ def load_webhook_config(
     Raises:
         ConfigError: A missing or invalid file, an unknown key, or a bad value.
     """
-    from tierflow.config import DEFAULT_FILE, build  # numpy-heavy; only needed here
+    from tierflow.config import load_settings
 
-    values: dict[str, Any] = {}
-    file = Path(path) if path else Path(DEFAULT_FILE)
-    if path and not file.exists():
-        raise ConfigError(f"config file {file} does not exist")
-    if file.exists():
-        try:
-            table = tomllib.loads(file.read_text()).get("webhook", {})
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config file {file} is not valid TOML: {err}") from err
-        if not isinstance(table, dict):
-            raise ConfigError(f"[webhook] in {file} must be a table")
-        values.update(table)
-    env = os.environ if environ is None else environ
-    values.update({k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)})
-    values.update(overrides or {})
-    config: WebhookConfig = build(WebhookConfig, values, "webhook.")
+    config: WebhookConfig = load_settings(
+        WebhookConfig, "webhook", path, dict(overrides or {}), None if environ is None else dict(environ)
+    )
     return config
 
 

@@ -58,4 +58,3 @@ def topic(kafka_broker: str) -> Callable[..., str]:
     from tests.kafka_broker import create_topic_factory
 
     return create_topic_factory(kafka_broker)
-

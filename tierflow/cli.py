@@ -191,6 +191,40 @@ def cmd_eval(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def cmd_produce(args: argparse.Namespace, _: list[str]) -> int:
+    from connectors.kafka_client import DocumentProducer, KafkaConfig, produce_jsonl
+    from tierflow.config import load_settings
+
+    overrides: dict[str, Any] = {}
+    if args.bootstrap:
+        overrides["bootstrap_servers"] = args.bootstrap
+    if args.topic:
+        overrides["topics"] = args.topic
+    config = load_settings(KafkaConfig, "kafka", args.config, overrides)
+    with DocumentProducer(config) as producer:
+        handle = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+        with handle:
+            report = produce_jsonl(producer, handle)
+    print(
+        f"sent {report.sent} upsert(s) and {report.deleted} delete(s) to {producer.topic}; refused {len(report.refused)}"
+    )
+    for line in report.refused:
+        print(f"  refused {line}", file=sys.stderr)
+    return 1 if report.refused else 0
+
+
+def cmd_webhook_serve(args: argparse.Namespace, _: list[str]) -> int:
+    from connectors.webhooks import load_webhook_config, serve
+
+    overrides = {
+        k: v
+        for k, v in (("host", args.host), ("port", args.port), ("queue_dir", args.queue_dir))
+        if v is not None
+    }
+    serve(load_webhook_config(args.config, overrides))
+    return 0
+
+
 def cmd_compact(args: argparse.Namespace, _: list[str]) -> int:
     from indexing.hot import HotIndex
 
@@ -280,6 +314,28 @@ def parser() -> argparse.ArgumentParser:
     _add_index_args(ev)
     _add_build_args(ev)
     ev.set_defaults(func=cmd_eval)
+
+    produce = sub.add_parser("produce", help="send documents (JSON lines) to a Kafka document topic")
+    produce.add_argument("file", help="JSON lines file, or - for standard input")
+    produce.add_argument("--bootstrap", help="Kafka bootstrap servers (default: [kafka] bootstrap_servers)")
+    produce.add_argument("--topic", help="document topic (default: the first of [kafka] topics)")
+    produce.add_argument("--config", help="TOML config file with a [kafka] table")
+    produce.add_argument("-v", "--verbose", action="store_true")
+    produce.set_defaults(func=cmd_produce)
+
+    webhook = sub.add_parser("webhook", help="the webhook receiver")
+    webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True)
+    serve_cmd = webhook_sub.add_parser(
+        "serve", help="accept signed document events over HTTP (Standard Webhooks)"
+    )
+    serve_cmd.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="port (default 8787; 0 picks a free one)")
+    serve_cmd.add_argument("--queue-dir", dest="queue_dir", help="durable queue directory")
+    serve_cmd.add_argument(
+        "--config", help="TOML config file with a [webhook] table (secrets: TIERFLOW__WEBHOOK__SECRETS)"
+    )
+    serve_cmd.add_argument("-v", "--verbose", action="store_true")
+    serve_cmd.set_defaults(func=cmd_webhook_serve)
 
     compact = sub.add_parser("compact", help="merge segments and drop deleted vectors")
     _add_index_args(compact)

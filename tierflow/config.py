@@ -188,14 +188,22 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
     return values
 
 
-def load_config(
+COMPONENT_SECTIONS = ("webhook", "kafka")  # read by their components' own loaders, not by the ingest config
+
+
+def load_settings(
+    cls: type[Any],
+    section: str | None = None,
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
-) -> IngestConfig:
-    """Resolve the ingest configuration.
+) -> Any:
+    """Resolve settings of dataclass ``cls`` from ``[section]`` (or the top level when None).
 
     Args:
+        cls: The settings dataclass.
+        section: Its table in the file and its ``TIERFLOW__SECTION__`` prefix; None for the ingest config,
+            which owns the top level except :data:`COMPONENT_SECTIONS`.
         path: A TOML file; when None, ``./tierflow.toml`` is used if it exists.
         overrides: Explicit settings (from the CLI), nested like the file; they win over everything.
         environ: The environment to read ``TIERFLOW__*`` from (default: ``os.environ``).
@@ -216,15 +224,31 @@ def load_config(
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {file} is not valid TOML: {err}") from err
     env_values = _from_env(dict(os.environ) if environ is None else environ)
-    merged = _merge(_merge(file_values, env_values), overrides or {})
+    merged = _merge(file_values, env_values)
+    if section is None:
+        merged = {k: v for k, v in merged.items() if k not in COMPONENT_SECTIONS}
+    else:
+        merged = merged.get(section, {})
+        if not isinstance(merged, dict):
+            raise ConfigError(f"[{section}] in {file} must be a table of settings")
+    merged = _merge(merged, overrides or {})
     sources = (
         f"(looked at: {file if file.exists() else 'no config file'}, {ENV_PREFIX}* variables, CLI options)"
     )
     try:
-        config: IngestConfig = build(IngestConfig, merged)
-        return config
+        return build(cls, merged, f"{section}." if section else "")
     except ConfigError as err:
         raise ConfigError(f"{err} {sources}") from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> IngestConfig:
+    """Resolve the ingest configuration (see :func:`load_settings`)."""
+    config: IngestConfig = load_settings(IngestConfig, None, path, overrides, environ)
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -1,0 +1,119 @@
+"""The producer-facing commands against real peers: ``tierflow produce`` to the Tansu broker and
+``tierflow webhook serve`` over loopback HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.kafka_client import DocumentConsumer
+from connectors.local_queue import LocalQueue
+from connectors.webhooks import decode_record, sign
+from tests.helpers import REPO
+from tests.kafka_broker import kafka_config
+from tierflow.cli import main
+
+
+@pytest.mark.kafka
+def test_produce_sends_documents_and_refuses_bad_lines(
+    kafka_broker: str, topic: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = topic("cli")
+    lines = [
+        {"doc_id": "a", "text": "alpha", "version": 1},
+        {"_id": "b", "title": "B", "text": "beta", "metadata": {"team": "x"}},
+        {"doc_id": "a", "op": "delete", "version": 2},
+        {"doc_id": "c"},
+        {"doc_id": "d", "text": 5},
+    ]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n{broken\n")
+    code = main(["produce", str(path), "--bootstrap", kafka_broker, "--topic", name])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "sent 2 upsert(s) and 1 delete(s)" in captured.out
+    assert "line 4: missing_text" in captured.err and "line 5: wrong_type" in captured.err
+    assert "line 6: malformed_json" in captured.err
+
+    consumer = DocumentConsumer(kafka_config(kafka_broker, (name,)))
+    try:
+        consumer.subscribe(timeout_s=30)
+        records: list[Any] = []
+        deadline = time.monotonic() + 20
+        while len(records) < 3 and time.monotonic() < deadline:
+            records.extend(consumer.poll_batch(10, 1.0))
+        events = [consumer.decode(r) for r in records]
+    finally:
+        consumer.close()
+    assert [(e.doc_id, e.op) for e in events] == [("a", "upsert"), ("b", "upsert"), ("a", "delete")]
+    assert events[1].metadata == {"team": "x"} and events[2].version == 2
+
+
+def test_webhook_serve_accepts_a_signed_event_durably(tmp_path: Path) -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    env = dict(os.environ, TIERFLOW__WEBHOOK__SECRETS=secret)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tierflow.cli",
+            "webhook",
+            "serve",
+            "--port",
+            "0",
+            "--queue-dir",
+            str(tmp_path / "q"),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert "listening on" in line, line + (proc.stderr.read() if proc.stderr else "")
+        url = line.split("listening on", 1)[1].strip()
+        body = json.dumps({"doc_id": "w1", "text": "from a webhook", "version": 3}).encode()
+        now = int(time.time())
+        headers = {
+            "webhook-id": "msg_1",
+            "webhook-timestamp": str(now),
+            "webhook-signature": sign(secret, "msg_1", now, body),
+        }
+        with urllib.request.urlopen(
+            urllib.request.Request(url, body, headers, method="POST"), timeout=10
+        ) as resp:
+            assert resp.status == 202 and json.load(resp) == {"accepted": "msg_1"}
+        headers["webhook-signature"] = sign(secret, "msg_1", now, body + b" ")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(
+                urllib.request.Request(url, body + b" ", headers, method="POST"), timeout=10
+            )
+        assert err.value.code == 409
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    queue = LocalQueue(tmp_path / "q")
+    try:
+        [(offset, record)] = queue.read(0, 10)
+        event = decode_record(record)
+        assert (event.doc_id, event.text, event.version, event.source.position) == (
+            "w1",
+            "from a webhook",
+            3,
+            "msg_1",
+        )
+    finally:
+        queue.close()
+    assert secret not in (proc.stderr.read() if proc.stderr else "")
