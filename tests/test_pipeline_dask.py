@@ -28,12 +28,12 @@ def test_dask_runner_matches_direct_runner_and_writers_on_both_workers_publish_o
     docs = demo_docs()
     bad = [b'{"_id": "cut"', json.dumps({"text": "no id"}).encode()]
     corpus = write_jsonl(tmp_path / "docs.jsonl", [*docs[:10], *bad, *docs[10:]], mtime_ns=1_000)
-    dask_args = ["--runner=DaskRunner", f"--dask_client_address={cluster}", "--dask_npartitions=4"]
+    dask_args = ["--runner=DaskRunner", f"--dask_client_address={cluster}", "--dask_npartitions=8"]
 
-    direct = ingest(corpus, config(tmp_path / "direct", write_shards=4), split_bytes=1500)
-    dask = ingest(corpus, config(tmp_path / "dask", write_shards=4), dask_args, split_bytes=1500)
+    direct = ingest(corpus, config(tmp_path / "direct", write_shards=8), split_bytes=1500)
+    dask = ingest(corpus, config(tmp_path / "dask", write_shards=8), dask_args, split_bytes=1500)
 
-    assert dask["counts"] == direct["counts"]
+    assert dask["counts"] == direct["counts"], (dask, direct)
     assert (
         dask["dead_letters"]["by_reason"]
         == direct["dead_letters"]["by_reason"]
@@ -45,8 +45,9 @@ def test_dask_runner_matches_direct_runner_and_writers_on_both_workers_publish_o
     manifest = HotIndex(tmp_path / "dask").manifest()
     assert manifest.generation == 1, "all writers' segments are published by one commit"
     writers = {seg.info.writer["pid"] for seg in manifest.segments}
-    assert len(manifest.segments) == 4 and len(writers) == 2, f"segments written by {writers}"
+    assert len(manifest.segments) == dask["segments_written"] >= 4, manifest.segments
+    assert len(writers) == 2, f"segments written by {writers}"
 
-    rerun = ingest(corpus, config(tmp_path / "dask", write_shards=4), dask_args, split_bytes=1500)
+    rerun = ingest(corpus, config(tmp_path / "dask", write_shards=8), dask_args, split_bytes=1500)
     assert rerun["counts"].get("chunks_embedded", 0) == 0
     assert rerun["counts"]["skipped_unchanged"] == len(docs)
