@@ -1,0 +1,413 @@
+"""The ingest stages every source shares: validate -> reconcile -> dedup -> lineage -> chunk -> embed ->
+write -> one commit, assembled by :func:`index_items` onto any Beam pipeline.
+
+Only Create, ParDo, GroupByKey and Flatten are used (and composites of them), with single-output DoFns
+and no side inputs, so the same graph runs on Beam's DaskRunner; every branch flows into the commit.
+The batch pipeline (files) and the streaming micro-batches (Kafka) differ only in where the items come
+from and which source positions the commit records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.ml.rag.types import Chunk, Content
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState, read_doc_row_groups
+from indexing.embedder import Embedder, model_dir
+from indexing.hot import HotIndex
+from pipelines.chunking import TokenChunker
+from pipelines.dedup import Candidate, Link, best_link, candidate_keys, links_in_group, signature
+from pipelines.reconcile import DELETE, Outcome, Plan, merge_promotion, reconcile
+from pipelines.validate import DocumentValidator
+from pipelines.write import CommitRun, DocChunks, EmbedChunks, HotTierWriteConfig, WriteDeadLetters
+from tierflow.config import IngestConfig, to_dict
+from tierflow.deadletter import DeadLetter
+from tierflow.lineage import RunContext, code_version, document_lineage, new_run_id
+from tierflow.records import DocumentEvent, chunk_id, content_hash, embeddable_text, vector_id
+
+LOG = logging.getLogger(__name__)
+DEAD_LETTER_SHARDS = 4
+
+
+def shard_of(doc_id: str, shards: int) -> int:
+    """Stable shard of a document (the same on every worker and every run)."""
+    return zlib.crc32(doc_id.encode("utf-8")) % shards
+
+
+# ---- validate ------------------------------------------------------------------------------------
+class ValidateBatch(beam.DoFn):
+    """Validates one batch of parsed items (events and the parser's dead letters) as one Great
+    Expectations batch.
+
+    Emits ``("event", DocumentEvent)``, ``("dead", DeadLetter)`` and ``("stat", (name, n))``.
+    """
+
+    def __init__(self, config: IngestConfig) -> None:
+        self.config = config
+        self._validator: DocumentValidator | None = None
+
+    def setup(self) -> None:
+        self._validator = DocumentValidator(self.config.validation)
+        self._validator.warm_up()
+
+    def process(self, items: list[DocumentEvent | DeadLetter]) -> Iterator[tuple[str, Any]]:
+        assert self._validator is not None
+        events = [item for item in items if isinstance(item, DocumentEvent)]
+        for item in items:
+            if isinstance(item, DeadLetter):
+                yield ("dead", item)
+        valid, rejected = self._validator.validate(events)
+        for letter in rejected:
+            yield ("dead", letter)
+        for event in valid:
+            yield ("event", event)
+        yield ("stat", ("events_valid", len(valid)))
+        yield ("stat", ("batches_read", 1))
+
+
+# ---- reconcile -----------------------------------------------------------------------------------
+class Reconcile(beam.DoFn):
+    """Per document: its events vs its committed state -> a plan, promotions, a skip, or nothing."""
+
+    def __init__(self, fingerprint: str, full_sync_uris: frozenset[str] | None) -> None:
+        self.fingerprint = fingerprint
+        self.full_sync_uris = full_sync_uris
+
+    def process(self, element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, Any]]:
+        doc_id, group = element
+        states = group["state"]
+        outcome: Outcome = reconcile(
+            doc_id,
+            list(group["events"]),
+            states[0] if states else None,
+            list(group["dups"]),
+            self.fingerprint,
+            self.full_sync_uris,
+        )
+        if outcome.plan is not None:
+            yield ("plan", outcome.plan)
+        for dup in outcome.promote:
+            yield ("promote", dup)
+        if outcome.skipped:
+            yield ("stat", (f"skipped_{outcome.skipped}", 1))
+        if outcome.unchanged_canonical is not None and outcome.unchanged_canonical.minhash is not None:
+            state = outcome.unchanged_canonical
+            yield ("committed", Candidate(state.doc_id, state.content_hash, state.minhash or b"", True))
+
+
+# ---- dedup ---------------------------------------------------------------------------------------
+@dataclass
+class Upsert:
+    plan: Plan
+    candidate: Candidate
+
+
+class Decide(beam.DoFn):
+    """Per new document: canonical (to be embedded) or a duplicate linked to its best target."""
+
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
+
+    def process(self, element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, Any]]:
+        _, group = element
+        for upsert in group["upsert"]:
+            link: Link | None = best_link(list(group["links"]))
+            yield ("doc" if link else "canonical", _state(upsert, link, self.run))
+
+
+def _state(upsert: Upsert, link: Link | None, run: RunContext) -> Any:
+    event = upsert.plan.event
+    dedup: dict[str, Any] = {"decision": "canonical", "promoted": upsert.plan.promoted}
+    if link is not None:
+        dedup = {"decision": "duplicate", "of": link.target, "kind": link.kind, "similarity": link.similarity}
+    state = DocState(
+        doc_id=event.doc_id,
+        version=event.version,
+        status=DUPLICATE if link else CANONICAL,
+        content_hash=upsert.candidate.content_hash,
+        fingerprint=run.fingerprint,
+        canonical_id=link.target if link else None,
+        dedup=link.kind if link else None,
+        similarity=link.similarity if link else None,
+        minhash=None if link else upsert.candidate.signature,
+        title=event.title,
+        text=event.text if link else None,
+        **_provenance(event, run),
+        metadata=json.dumps(event.metadata, ensure_ascii=False, sort_keys=True),
+        lineage=json.dumps(
+            document_lineage(
+                run, event.source.to_dict(), event.event_time, upsert.candidate.content_hash, dedup
+            ),
+            sort_keys=True,
+        ),
+    )
+    if link:
+        return state
+    state.extra["text"] = event.text  # carried to the chunker; canonical text lives in the chunk table
+    return DocChunks(state, [])
+
+
+def _provenance(event: DocumentEvent, run: RunContext) -> dict[str, Any]:
+    """The document-table columns that say where and when a version came from."""
+    return {
+        "source_system": event.source.system,
+        "source_uri": event.source.uri,
+        "source_position": event.source.position,
+        "event_time": event.event_time,
+        "ingest_time": run.started_at,
+        "run_id": run.run_id,
+    }
+
+
+def _deleted_state(plan: Plan, run: RunContext) -> tuple[str, DocState]:
+    event = plan.event
+    lineage = document_lineage(run, event.source.to_dict(), event.event_time, "", {"decision": "deleted"})
+    return (
+        "doc",
+        DocState(
+            doc_id=plan.doc_id,
+            version=event.version,
+            status=DELETED,
+            fingerprint=run.fingerprint,
+            **_provenance(event, run),
+            lineage=json.dumps(lineage, sort_keys=True),
+        ),
+    )
+
+
+def _upsert(plan: Plan, config: IngestConfig) -> Upsert:
+    event = plan.event
+    sig = (
+        signature(embeddable_text(event.title, event.text), config.dedup)
+        if config.dedup.near_duplicates
+        else b""
+    )
+    return Upsert(plan, Candidate(plan.doc_id, event.content_hash, sig, False))
+
+
+# ---- chunk ---------------------------------------------------------------------------------------
+class ChunkDocuments(beam.DoFn):
+    """Splits canonical documents into token windows; chunk ids and vector ids are deterministic."""
+
+    def __init__(self, config: IngestConfig, shards: int) -> None:
+        self.config = config
+        self.shards = shards
+        self._chunker: TokenChunker | None = None
+
+    def setup(self) -> None:
+        self._chunker = TokenChunker(
+            self.config.chunking, model_dir(self.config.embedding) / "tokenizer.json"
+        )
+        self._chunker.warm_up()
+
+    def process(self, doc: DocChunks) -> Iterator[tuple[int, DocChunks]]:
+        assert self._chunker is not None
+        state = doc.state
+        body = _body_text(state)
+        lineage = json.loads(state.lineage)
+        for piece in self._chunker.chunk(state.title, body):
+            cid = chunk_id(state.doc_id, piece.ordinal)
+            chunk_lineage = dict(
+                lineage, chunk={"ordinal": piece.ordinal, "start": piece.start, "end": piece.end}
+            )
+            doc.chunks.append(
+                Chunk(
+                    content=Content(text=piece.text),
+                    id=cid,
+                    index=piece.ordinal,
+                    metadata={
+                        "doc_id": state.doc_id,
+                        "vector_id": vector_id(cid),
+                        "content_hash": content_hash(piece.text),
+                        "lineage": json.dumps(chunk_lineage, sort_keys=True),
+                    },
+                )
+            )
+        yield shard_of(state.doc_id, self.shards), doc
+
+
+def _body_text(state: DocState) -> str:
+    return state.extra["text"]
+
+
+# ---- assembly ------------------------------------------------------------------------------------
+def _tagged(kind: str) -> beam.PTransform:
+    return beam.Filter(lambda item, k=kind: item[0] == k) | f"Unwrap{kind}" >> beam.Map(lambda item: item[1])
+
+
+def build_run_context(config: IngestConfig, run_id: str | None = None) -> RunContext:
+    embedder = Embedder(config.embedding)
+    return RunContext(
+        run_id=run_id or new_run_id(),
+        code_version=code_version(),
+        model=embedder.identity(),
+        chunking=to_dict(config.chunking),
+        validation_suite=DocumentValidator(config.validation).suite_id,
+    )
+
+
+def index_items(
+    batches: beam.PCollection,
+    config: IngestConfig,
+    run: RunContext,
+    sources: dict[str, str],
+    shards: int,
+    full_sync: frozenset[str] | None = None,
+) -> beam.PCollection:
+    """Index ``batches`` (a PCollection of lists of parsed events and dead letters) into the hot tier.
+
+    Args:
+        batches: Lists of :class:`DocumentEvent` / :class:`DeadLetter` as a connector produced them.
+        config: Ingest settings.
+        run: The run's identity (lineage).
+        sources: Source positions the commit records (stream key -> position), for resuming.
+        shards: Write shards: segments written (each by one worker).
+        full_sync: Source uris a full sync covers (committed documents of them not seen are deleted).
+
+    Returns:
+        The commit step's output: one JSON line with the new generation.
+    """
+    p = batches.pipeline
+    parsed = batches | "Validate" >> beam.ParDo(ValidateBatch(config))
+    events = parsed | "Events" >> _tagged("event")
+    dead = parsed | "Dead" >> _tagged("dead")
+
+    index = HotIndex(config.index_dir)
+    manifest = index.manifest()
+    doc_groups: list[tuple[str, int]] = []
+    if manifest.docs_file:
+        import pyarrow.parquet as pq
+
+        docs_path = str(index.root / manifest.docs_file)
+        doc_groups = [(docs_path, i) for i in range(pq.ParquetFile(docs_path).num_row_groups)]
+    committed = (
+        p
+        | "CommittedDocs" >> beam.Create(doc_groups)
+        | "ReadCommitted" >> beam.FlatMap(lambda g: read_doc_row_groups(Path(g[0]), g[1]))
+    )
+    outcomes = (
+        {
+            "events": events | "EventsById" >> beam.Map(lambda e: (e.doc_id, e)),
+            "state": committed | "StateById" >> beam.Map(lambda s: (s.doc_id, s)),
+            "dups": committed
+            | "Duplicates" >> beam.Filter(lambda s: s.status == DUPLICATE and s.canonical_id)
+            | "DupsByCanonical" >> beam.Map(lambda s: (s.canonical_id, s)),
+        }
+        | "JoinCommitted" >> beam.CoGroupByKey()
+        | "Reconcile" >> beam.ParDo(Reconcile(run.fingerprint, full_sync))
+    )
+    plans = (
+        {
+            "plans": outcomes
+            | "Plans" >> _tagged("plan")
+            | "PlansById" >> beam.Map(lambda pl: (pl.doc_id, pl)),
+            "promotions": outcomes
+            | "Promotions" >> _tagged("promote")
+            | "PromoById" >> beam.Map(lambda s: (s.doc_id, s)),
+        }
+        | "JoinPromotions" >> beam.CoGroupByKey()
+        | "MergePromotions"
+        >> beam.FlatMap(
+            lambda kv: [pl] if (pl := merge_promotion(kv[1]["plans"], kv[1]["promotions"])) else []
+        )
+    )
+    deletes = (
+        plans
+        | "Deletes" >> beam.Filter(lambda pl: pl.action == DELETE)
+        | "DeletedState" >> beam.Map(_deleted_state, run)
+    )
+    upserts = (
+        plans
+        | "UpsertPlans" >> beam.Filter(lambda pl: pl.action != DELETE)
+        | "Signatures" >> beam.Map(_upsert, config)
+    )
+    candidates = (
+        upserts | "NewCandidates" >> beam.Map(lambda u: u.candidate),
+        outcomes | "CommittedCandidates" >> _tagged("committed"),
+    ) | "AllCandidates" >> beam.Flatten()
+    links = (
+        candidates
+        | "CandidateKeys" >> beam.FlatMap(lambda c: [(key, c) for key in candidate_keys(c, config.dedup)])
+        | "GroupCandidates" >> beam.GroupByKey()
+        | "Links" >> beam.FlatMap(lambda kv: links_in_group(list(kv[1]), config.dedup))
+        | "LinksById" >> beam.Map(lambda link: (link.doc_id, link))
+    )
+    decided = (
+        {"upsert": upserts | "UpsertsById" >> beam.Map(lambda u: (u.plan.doc_id, u)), "links": links}
+        | "JoinLinks" >> beam.CoGroupByKey()
+        | "Decide" >> beam.ParDo(Decide(run))
+    )
+    duplicates = decided | "DuplicateStates" >> beam.Filter(lambda item: item[0] == "doc")
+    written = (
+        decided
+        | "Canonical" >> _tagged("canonical")
+        | "Chunk" >> beam.ParDo(ChunkDocuments(config, shards))
+        | "GroupShards" >> beam.GroupByKey()
+        | "ShardLists" >> beam.MapTuple(lambda shard, docs: (shard, list(docs)))
+        | "Embed" >> beam.ParDo(EmbedChunks(config.embedding))
+        | "Write" >> HotTierWriteConfig(config.index_dir, config.index).create_write_transform()
+    )
+    dead_files = (
+        dead
+        | "DeadByShard"
+        >> beam.Map(lambda d: (shard_of(f"{d.source.uri}|{d.source.position}", DEAD_LETTER_SHARDS), d))
+        | "GroupDead" >> beam.GroupByKey()
+        | "WriteDeadLetters"
+        >> beam.ParDo(WriteDeadLetters(str(Path(config.index_dir) / "deadletter" / run.run_id)))
+    )
+    stats = (
+        (parsed | "ParseStats" >> _tagged("stat"), outcomes | "ReconcileStats" >> _tagged("stat"))
+        | "AllStats" >> beam.Flatten()
+        | "SumStats" >> beam.CombinePerKey(sum)
+        | "TagStats" >> beam.Map(lambda kv: ("stat", kv))
+    )
+    return (
+        (written, duplicates, deletes, dead_files, stats)
+        | "Gather" >> beam.Flatten()
+        | "OneCommit" >> beam.Map(lambda item: ("commit", item))
+        | "GroupCommit" >> beam.GroupByKey()
+        | "Commit" >> beam.ParDo(CommitRun(config.index_dir, run, sources))
+    )
+
+
+RUNNER_ALIASES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+
+
+def _qualified_runner(arg: str) -> str:
+    """Beam knows the DaskRunner only by its full name; accept the short one like the other runners'."""
+    for short, full in RUNNER_ALIASES.items():
+        if arg == f"--runner={short}":
+            return f"--runner={full}"
+    return arg
+
+
+def run_pipeline(
+    build: Callable[[beam.Pipeline], object],
+    config: IngestConfig,
+    run: RunContext,
+    beam_args: list[str] | None,
+) -> dict[str, Any]:
+    """Build a pipeline with ``build``, run it to completion and return its commit summary."""
+    options = PipelineOptions([_qualified_runner(arg) for arg in beam_args or []])
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline)
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # the DaskRunner's connection to its scheduler
+        if client is not None:
+            client.close()
+    for entry in reversed(HotIndex(config.index_dir).manifest().history):
+        if entry.get("run_id") == run.run_id:
+            return entry
+    raise RuntimeError(f"run {run.run_id} finished without committing to {config.index_dir}")
