@@ -213,6 +213,28 @@ def cmd_produce(args: argparse.Namespace, _: list[str]) -> int:
     return 1 if report.refused else 0
 
 
+def cmd_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from connectors.kafka_client import KafkaConfig
+    from pipelines.stream import BatchPolicy, KafkaStream
+    from tierflow.config import load_settings
+
+    overrides: dict[str, Any] = {}
+    for key, value in (
+        ("bootstrap_servers", args.bootstrap),
+        ("topics", args.topic),
+        ("group_id", args.group),
+        ("dead_letter_topic", args.dead_letter_topic),
+    ):
+        if value:
+            overrides[key] = value
+    kafka = load_settings(KafkaConfig, "kafka", args.config, overrides)
+    policy = BatchPolicy(max_records=args.max_records, max_wait_s=args.max_wait)
+    stream = KafkaStream(kafka, _config(args), policy, beam_args)
+    batches = stream.run(max_batches=args.max_batches, idle_exit_s=args.exit_when_idle)
+    print(f"indexed {batches} micro-batch(es) into {stream.config.index_dir}")
+    return 0
+
+
 def cmd_webhook_serve(args: argparse.Namespace, _: list[str]) -> int:
     from connectors.webhooks import load_webhook_config, serve
 
@@ -322,6 +344,19 @@ def parser() -> argparse.ArgumentParser:
     produce.add_argument("--config", help="TOML config file with a [kafka] table")
     produce.add_argument("-v", "--verbose", action="store_true")
     produce.set_defaults(func=cmd_produce)
+
+    stream = sub.add_parser("stream", help="follow Kafka document topics into the index (micro-batches)")
+    stream.add_argument("--bootstrap", help="Kafka bootstrap servers (default: [kafka] bootstrap_servers)")
+    stream.add_argument("--topic", help="document topic(s), comma-separated (default: [kafka] topics)")
+    stream.add_argument("--group", help="consumer group (default: [kafka] group_id)")
+    stream.add_argument("--dead-letter-topic", dest="dead_letter_topic", help="where rejected records go")
+    stream.add_argument("--max-records", type=int, default=500, help="records per micro-batch at most")
+    stream.add_argument("--max-wait", type=float, default=1.0, help="seconds a micro-batch stays open")
+    stream.add_argument("--max-batches", type=int, help="stop after this many micro-batches")
+    stream.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without records")
+    _add_index_args(stream)
+    _add_build_args(stream)
+    stream.set_defaults(func=cmd_stream)
 
     webhook = sub.add_parser("webhook", help="the webhook receiver")
     webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True)

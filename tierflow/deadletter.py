@@ -59,3 +59,28 @@ class DeadLetter:
 
     def to_json(self) -> str:
         return json.dumps(self.to_json_dict(), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> DeadLetter:
+        """The inverse of :meth:`to_json_dict` (``raw`` back to bytes when it was stored as base64)."""
+        raw: bytes | str = data["raw"]
+        if data.get("raw_encoding") == "base64":
+            raw = base64.b64decode(data["raw"])
+        return cls(
+            reason=data["reason"],
+            detail=data["detail"],
+            stage=data["stage"],
+            source=SourcePosition(**data["source"]),
+            raw=raw,
+            doc_id=data.get("doc_id"),
+            rejected_at=data.get("rejected_at", 0.0),
+        )
+
+
+def read_dead_letter_files(paths: list[str]) -> list[DeadLetter]:
+    """Every dead letter in the JSONL files a run wrote (see ``pipelines.write.WriteDeadLetters``)."""
+    letters: list[DeadLetter] = []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            letters.extend(DeadLetter.from_json_dict(json.loads(line)) for line in handle if line.strip())
+    return letters

@@ -1,0 +1,105 @@
+"""Streaming ingestion from a real Kafka-protocol broker (Tansu): micro-batches through the shared stages,
+offsets committed only after the index commit, restarts resume from the index's own positions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.kafka_client import DocumentConsumer, DocumentProducer, read_dead_letter
+from indexing.hot import HotIndex
+from pipelines.stream import BatchPolicy, KafkaStream
+from tests.helpers import config, demo_docs, live_docs, live_vectors, top_doc
+from tests.kafka_broker import kafka_config
+
+pytestmark = [pytest.mark.kafka, pytest.mark.model]
+
+
+def _stream(kafka: Any, index_dir: Path) -> KafkaStream:
+    return KafkaStream(kafka, config(index_dir, write_shards=1), BatchPolicy(max_records=200, max_wait_s=0.5))
+
+
+def test_stream_indexes_resumes_and_commits_offsets_after_the_index(
+    kafka_broker: str, topic: Any, tmp_path: Path
+) -> None:
+    docs_topic, dlq_topic = topic("docs", partitions=2), topic("dlq")
+    kafka = kafka_config(kafka_broker, (docs_topic,), dead_letter_topic=dlq_topic)
+    index_dir = tmp_path / "hot"
+    docs = demo_docs()
+    with DocumentProducer(kafka) as producer:
+        for i, doc in enumerate(docs):
+            producer.send(doc["_id"], doc["text"], doc["title"], version=10 + i)
+    # Bad input on the wire: not JSON, and no key.
+    raw = DocumentProducer(kafka)
+    raw._producer.produce(docs_topic, key=b"broken", value=b"{not json")  # noqa: SLF001 - bypass the contract
+    raw._producer.produce(docs_topic, key=None, value=b'{"text": "no key"}')  # noqa: SLF001
+    raw.flush()
+    raw.close()
+
+    first = _stream(kafka, index_dir)
+    assert first.run(idle_exit_s=3) >= 1
+    assert set(live_docs(index_dir)) == {d["_id"] for d in docs}
+    manifest = HotIndex(index_dir).manifest()
+    assert {k for k in manifest.sources if k.startswith("kafka:")} == {
+        f"kafka:{docs_topic}/0",
+        f"kafka:{docs_topic}/1",
+    }
+    before = live_vectors(index_dir)
+    first_commits = len(manifest.history)
+
+    # The group's committed offsets equal the positions the index holds (+1): nothing acknowledged early.
+    probe = DocumentConsumer(kafka)
+    try:
+        probe.subscribe(timeout_s=30)
+        committed = probe.committed()
+    finally:
+        probe.close()
+    held = {
+        (docs_topic, int(k.rsplit("/", 1)[1])): int(v) + 1
+        for k, v in manifest.sources.items()
+        if k.startswith("kafka:")
+    }
+    assert committed == held
+
+    # Dead letters went to the dead-letter topic with their reasons and original bytes.
+    dlq = DocumentConsumer(kafka_config(kafka_broker, (dlq_topic,)))
+    try:
+        dlq.subscribe(timeout_s=30)
+        letters: list[Any] = []
+        deadline = time.monotonic() + 15
+        while len(letters) < 2 and time.monotonic() < deadline:
+            letters.extend(dlq.poll_batch(10, 1.0))
+        reasons = sorted(read_dead_letter(r.value, r.headers).reason for r in letters)
+    finally:
+        dlq.close()
+    assert reasons == ["malformed_json", "missing_id"]
+
+    # Updates, a delete, an out-of-order older version and a replay, consumed by a new process.
+    with DocumentProducer(kafka) as producer:
+        producer.send(
+            docs[0]["_id"],
+            "Kafka consumers resume from committed offsets. Revised.",
+            docs[0]["title"],
+            version=100,
+        )
+        producer.send(docs[0]["_id"], "an older version that must lose", docs[0]["title"], version=50)
+        producer.delete(docs[1]["_id"], version=100)
+        producer.send(docs[2]["_id"], docs[2]["text"], docs[2]["title"], version=12)  # a replay of version 12
+    second = _stream(kafka, index_dir)
+    second.run(idle_exit_s=3)
+    state = live_docs(index_dir)
+    assert docs[1]["_id"] not in state
+    after = live_vectors(index_dir)
+    assert any("Revised." in text for text in after.values())
+    assert not any("must lose" in text for text in after.values())
+    assert len(after) == len(before) - 1
+    later = HotIndex(index_dir).manifest().history[first_commits:]
+    assert sum(h["counts"].get("chunks_embedded", 0) for h in later) == 1, (
+        "only the revised document is re-embedded"
+    )
+    assert top_doc(index_dir, "resume from committed offsets revised", config(index_dir), k=1) == [
+        docs[0]["_id"]
+    ]
