@@ -1,18 +1,18 @@
-"""Streaming ingestion from Kafka document topics: bounded micro-batches through the shared ingest stages.
+"""Streaming ingestion: bounded micro-batches from a change source through the shared ingest stages.
 
 Each micro-batch (at most ``max_records``, closed ``max_wait_s`` after its first record) runs the same
-Beam stages as the batch pipeline and ends in one index commit that records, per topic partition, the
-offset of the last record it holds. Only then are dead letters forwarded to the dead-letter topic and
-the offsets committed to Kafka (invariant 4). A restart seeks to the positions in the index's own
-manifest, so a crash at any point loses nothing and applies nothing twice (replays are no-ops anyway).
+Beam stages as the batch pipeline and ends in one index commit that records the source positions it
+holds (Kafka offsets, replication-slot LSNs, queue offsets). Only then does the source acknowledge them
+(commit offsets, advance the slot) — invariant 4. A restart resumes from the positions in the index's
+own manifest, so a crash at any point loses nothing and applies nothing twice (replays are no-ops).
 
 Why micro-batches: Beam's local Python runners do not fire streaming windows while an unbounded source
 is still running, so a streaming Beam pipeline on them cannot make documents searchable within
-seconds. On a JVM-backed runner (Flink, Dataflow), the same stages can sit behind Beam's
-cross-language ``apache_beam.io.kafka.ReadFromKafka`` with a windowed commit instead.
+seconds. On a JVM-backed runner (Flink, Dataflow) the same stages can sit behind Beam's cross-language
+``apache_beam.io.kafka.ReadFromKafka`` with a windowed commit instead.
 
 Example:
-    >>> stream = KafkaStream(KafkaConfig("localhost:9092", topics=("docs",), group_id="tierflow"), config)
+    >>> stream = MicroBatchStream(KafkaSource(KafkaConfig("localhost:9092", topics=("docs",), group_id="g")), config)
     >>> stream.run(stop_event)
 """
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import apache_beam as beam
 
@@ -52,11 +52,40 @@ class BatchPolicy:
     poll_s: float = 0.2
 
 
-class KafkaStream:
-    """Follows Kafka document topics into the hot tier.
+@dataclass
+class Batch:
+    """One micro-batch as a source hands it over: parsed items, the positions they end at, and what the
+    source needs to acknowledge them later."""
+
+    items: list[DocumentEvent | DeadLetter]
+    positions: dict[str, str]
+    ack: Any = None
+    received_at: list[float] = field(default_factory=list)
+
+
+class StreamSource(Protocol):
+    """A change source that can be followed in micro-batches and acknowledged after the index commit."""
+
+    def start(self, resume: dict[str, str]) -> None:
+        """Begin reading after ``resume`` (stream key -> position of the last record the index holds)."""
+
+    def poll(self, policy: BatchPolicy) -> Batch | None:
+        """The next micro-batch, or None when nothing arrived within ``policy.poll_s``."""
+
+    def acknowledge(self, batch: Batch) -> None:
+        """The batch is committed to the index: let the source forget it (commit offsets, advance slots)."""
+
+    def dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Forward rejected records to the source's own dead-letter sink, if it has one (at least once)."""
+
+    def close(self) -> None: ...
+
+
+class MicroBatchStream:
+    """Follows a :class:`StreamSource` into the hot tier.
 
     Args:
-        kafka: Brokers, topics, consumer group and the dead-letter topic.
+        source: Where changes come from.
         config: Ingest settings (index directory, chunking, model ...).
         policy: Micro-batch bounds.
         beam_args: Beam pipeline options for each micro-batch's pipeline.
@@ -64,86 +93,50 @@ class KafkaStream:
 
     def __init__(
         self,
-        kafka: KafkaConfig,
+        source: StreamSource,
         config: IngestConfig,
         policy: BatchPolicy | None = None,
         beam_args: list[str] | None = None,
     ) -> None:
-        self.kafka = kafka
+        self.source = source
         self.config = config
         self.policy = policy or BatchPolicy()
         self.beam_args = beam_args or []
-        self.consumer: DocumentConsumer | None = None
-        self.dead_letters: DeadLetterProducer | None = None
         self.batches = 0
+        self._started = False
 
     def start(self) -> None:
-        """Join the consumer group, resuming every partition from the index manifest's positions."""
-        resume = next_offsets(HotIndex(self.config.index_dir).manifest().sources)
-        self.consumer = DocumentConsumer(self.kafka)
-        self.consumer.subscribe(start_offsets=resume)
-        if self.kafka.dead_letter_topic:
-            self.dead_letters = DeadLetterProducer(self.kafka)
-        LOG.info("stream: following %s from %s", ",".join(self.kafka.topics), resume or "the group's offsets")
-
-    def close(self) -> None:
-        if self.consumer is not None:
-            self.consumer.close()
-        if self.dead_letters is not None:
-            self.dead_letters.close()
-
-    def _poll(self) -> list[KafkaRecord]:
-        assert self.consumer is not None
-        records = self.consumer.poll_batch(self.policy.max_records, self.policy.poll_s)
-        if not records:
-            return []
-        deadline = time.monotonic() + self.policy.max_wait_s
-        while len(records) < self.policy.max_records and time.monotonic() < deadline:
-            more = self.consumer.poll_batch(
-                self.policy.max_records - len(records), max(0.0, deadline - time.monotonic())
-            )
-            records.extend(more)
-        return records
+        self.source.start(HotIndex(self.config.index_dir).manifest().sources)
+        self._started = True
 
     def run_once(self) -> dict[str, Any] | None:
         """Poll one micro-batch and index it; None when nothing arrived."""
-        records = self._poll()
-        if not records:
+        if not self._started:
+            self.start()
+        batch = self.source.poll(self.policy)
+        if batch is None:
             return None
-        assert self.consumer is not None
-        items: list[DocumentEvent | DeadLetter] = [self.consumer.decode(record) for record in records]
-        positions: dict[str, str] = {}
-        for record in records:
-            key = source_key(record.topic, record.partition)
-            positions[key] = str(max(record.offset, int(positions.get(key, -1))))
         run = build_run_context(self.config)
         summary = run_pipeline(
             lambda pipeline: index_items(
-                pipeline | "Batch" >> beam.Create([items]),
+                pipeline | "Batch" >> beam.Create([batch.items]),
                 self.config,
                 run,
-                positions,
+                batch.positions,
                 self.config.write_shards or 1,
             ),
             self.config,
             run,
             self.beam_args,
         )
-        self._forward_dead_letters(summary)
-        self.consumer.commit(next_offsets_of(records))
-        self.batches += 1
-        summary["records"] = len(records)
-        return summary
-
-    def _forward_dead_letters(self, summary: dict[str, Any]) -> None:
-        """Dead letters are durable in the index's dead-letter files before the commit; they are then
-        copied to the dead-letter topic (at least once) before the offsets are committed."""
         files = summary.get("dead_letters", {}).get("files", [])
-        if not files or self.dead_letters is None:
-            return
-        for letter in read_dead_letter_files(files):
-            self.dead_letters.send(letter)
-        self.dead_letters.flush()
+        if files:
+            self.source.dead_letters(read_dead_letter_files(files))
+        self.source.acknowledge(batch)
+        self.batches += 1
+        summary["records"] = len(batch.items)
+        summary["received_at"] = batch.received_at
+        return summary
 
     def run(
         self,
@@ -154,8 +147,6 @@ class KafkaStream:
         """Index micro-batches until ``stop`` is set, ``max_batches`` were indexed, or nothing arrived for
         ``idle_exit_s`` seconds. Returns the number of batches indexed."""
         stop = stop or threading.Event()
-        if self.consumer is None:
-            self.start()
         idle_since = time.monotonic()
         try:
             while not stop.is_set() and (max_batches is None or self.batches < max_batches):
@@ -174,5 +165,59 @@ class KafkaStream:
                     summary.get("dead_letters", {}).get("total", 0),
                 )
         finally:
-            self.close()
+            self.source.close()
         return self.batches
+
+
+class KafkaSource:
+    """Kafka document topics as a :class:`StreamSource`: offsets are committed after the index commit,
+    dead letters go to the dead-letter topic (flushed before the offsets are committed)."""
+
+    def __init__(self, kafka: KafkaConfig) -> None:
+        self.kafka = kafka
+        self.consumer: DocumentConsumer | None = None
+        self.producer: DeadLetterProducer | None = None
+
+    def start(self, resume: dict[str, str]) -> None:
+        offsets = next_offsets(resume)
+        self.consumer = DocumentConsumer(self.kafka)
+        self.consumer.subscribe(start_offsets=offsets)
+        if self.kafka.dead_letter_topic:
+            self.producer = DeadLetterProducer(self.kafka)
+        LOG.info(
+            "stream: following %s from %s", ",".join(self.kafka.topics), offsets or "the group's offsets"
+        )
+
+    def poll(self, policy: BatchPolicy) -> Batch | None:
+        assert self.consumer is not None
+        records: list[KafkaRecord] = self.consumer.poll_batch(policy.max_records, policy.poll_s)
+        if not records:
+            return None
+        deadline = time.monotonic() + policy.max_wait_s
+        while len(records) < policy.max_records and time.monotonic() < deadline:
+            wait = max(0.0, deadline - time.monotonic())
+            records.extend(self.consumer.poll_batch(policy.max_records - len(records), wait))
+        positions: dict[str, str] = {}
+        for record in records:
+            key = source_key(record.topic, record.partition)
+            positions[key] = str(max(record.offset, int(positions.get(key, -1))))
+        items = [self.consumer.decode(record) for record in records]
+        produced = [r.timestamp_ms / 1000 for r in records if r.timestamp_ms is not None]
+        return Batch(items, positions, ack=next_offsets_of(records), received_at=produced)
+
+    def acknowledge(self, batch: Batch) -> None:
+        assert self.consumer is not None
+        self.consumer.commit(batch.ack)
+
+    def dead_letters(self, letters: list[DeadLetter]) -> None:
+        if self.producer is None:
+            return
+        for letter in letters:
+            self.producer.send(letter)
+        self.producer.flush()
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+        if self.producer is not None:
+            self.producer.close()

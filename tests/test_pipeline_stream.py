@@ -11,15 +11,16 @@ import pytest
 
 from connectors.kafka_client import DocumentConsumer, DocumentProducer, read_dead_letter
 from indexing.hot import HotIndex
-from pipelines.stream import BatchPolicy, KafkaStream
+from pipelines.stream import BatchPolicy, KafkaSource, MicroBatchStream
 from tests.helpers import config, demo_docs, live_docs, live_vectors, top_doc
 from tests.kafka_broker import kafka_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model]
 
 
-def _stream(kafka: Any, index_dir: Path) -> KafkaStream:
-    return KafkaStream(kafka, config(index_dir, write_shards=1), BatchPolicy(max_records=200, max_wait_s=0.5))
+def _stream(kafka: Any, index_dir: Path) -> MicroBatchStream:
+    policy = BatchPolicy(max_records=200, max_wait_s=0.5)
+    return MicroBatchStream(KafkaSource(kafka), config(index_dir, write_shards=1), policy)
 
 
 def test_stream_indexes_resumes_and_commits_offsets_after_the_index(

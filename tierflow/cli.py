@@ -215,7 +215,7 @@ def cmd_produce(args: argparse.Namespace, _: list[str]) -> int:
 
 def cmd_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
     from connectors.kafka_client import KafkaConfig
-    from pipelines.stream import BatchPolicy, KafkaStream
+    from pipelines.stream import BatchPolicy, KafkaSource, MicroBatchStream
     from tierflow.config import load_settings
 
     overrides: dict[str, Any] = {}
@@ -229,7 +229,7 @@ def cmd_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
             overrides[key] = value
     kafka = load_settings(KafkaConfig, "kafka", args.config, overrides)
     policy = BatchPolicy(max_records=args.max_records, max_wait_s=args.max_wait)
-    stream = KafkaStream(kafka, _config(args), policy, beam_args)
+    stream = MicroBatchStream(KafkaSource(kafka), _config(args), policy, beam_args)
     batches = stream.run(max_batches=args.max_batches, idle_exit_s=args.exit_when_idle)
     print(f"indexed {batches} micro-batch(es) into {stream.config.index_dir}")
     return 0
