@@ -21,8 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import apache_beam as beam
 
@@ -34,51 +33,18 @@ from connectors.kafka_client import (
     next_offsets_of,
 )
 from connectors.kafka_documents import next_offsets, source_key
+from connectors.local_queue import LocalQueue
+from connectors.webhooks import decode_record
 from indexing.hot import HotIndex
 from pipelines.stages import build_run_context, index_items, run_pipeline
 from tierflow.config import IngestConfig
 from tierflow.deadletter import DeadLetter, read_dead_letter_files
-from tierflow.records import DocumentEvent
+from tierflow.errors import TierflowError
+from tierflow.records import DocumentEvent, SourcePosition
+from tierflow.streams import Batch, BatchPolicy, StreamSource
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """How a micro-batch is bounded: by size, and by time since its first record."""
-
-    max_records: int = 500
-    max_wait_s: float = 1.0
-    poll_s: float = 0.2
-
-
-@dataclass
-class Batch:
-    """One micro-batch as a source hands it over: parsed items, the positions they end at, and what the
-    source needs to acknowledge them later."""
-
-    items: list[DocumentEvent | DeadLetter]
-    positions: dict[str, str]
-    ack: Any = None
-    received_at: list[float] = field(default_factory=list)
-
-
-class StreamSource(Protocol):
-    """A change source that can be followed in micro-batches and acknowledged after the index commit."""
-
-    def start(self, resume: dict[str, str]) -> None:
-        """Begin reading after ``resume`` (stream key -> position of the last record the index holds)."""
-
-    def poll(self, policy: BatchPolicy) -> Batch | None:
-        """The next micro-batch, or None when nothing arrived within ``policy.poll_s``."""
-
-    def acknowledge(self, batch: Batch) -> None:
-        """The batch is committed to the index: let the source forget it (commit offsets, advance slots)."""
-
-    def dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Forward rejected records to the source's own dead-letter sink, if it has one (at least once)."""
-
-    def close(self) -> None: ...
+__all__ = ["Batch", "BatchPolicy", "KafkaSource", "MicroBatchStream", "QueueSource", "StreamSource"]
 
 
 class MicroBatchStream:
@@ -221,3 +187,48 @@ class KafkaSource:
             self.consumer.close()
         if self.producer is not None:
             self.producer.close()
+
+
+class QueueSource:
+    """The webhook receiver's local durable queue as a :class:`StreamSource`. The queue is owned by the
+    receiver in the same process (one process may hold a queue directory); its consumer offset is
+    committed after the index commit, and the index's manifest position wins on restart."""
+
+    def __init__(self, queue: LocalQueue, name: str = "webhooks") -> None:
+        self.queue = queue
+        self.key = f"queue:{name}"
+        self.next = 0
+
+    def start(self, resume: dict[str, str]) -> None:
+        held = resume.get(self.key)
+        self.next = max(self.queue.committed(), int(held) + 1 if held and held.isdigit() else 0)
+
+    def poll(self, policy: BatchPolicy) -> Batch | None:
+        records = self.queue.read(self.next, policy.max_records, wait_s=policy.poll_s)
+        if not records:
+            return None
+        deadline = time.monotonic() + policy.max_wait_s
+        while len(records) < policy.max_records and time.monotonic() < deadline:
+            start = records[-1][0] + 1
+            records.extend(
+                self.queue.read(start, policy.max_records - len(records), wait_s=deadline - time.monotonic())
+            )
+        items: list[DocumentEvent | DeadLetter] = []
+        for offset, body in records:
+            try:
+                items.append(decode_record(body))
+            except (TierflowError, ValueError) as err:
+                position = SourcePosition("queue", self.key, str(offset))
+                items.append(DeadLetter("corrupt_record", str(err), "decode", position, body))
+        last = records[-1][0]
+        return Batch(items, {self.key: str(last)}, ack=last + 1)
+
+    def acknowledge(self, batch: Batch) -> None:
+        self.queue.commit(batch.ack)
+        self.next = batch.ack
+
+    def dead_letters(self, letters: list[DeadLetter]) -> None:
+        """The index's dead-letter files are this source's dead-letter sink; nothing more to do."""
+
+    def close(self) -> None:
+        """The receiver that owns the queue closes it."""

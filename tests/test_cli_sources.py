@@ -117,3 +117,64 @@ def test_webhook_serve_accepts_a_signed_event_durably(tmp_path: Path) -> None:
     finally:
         queue.close()
     assert secret not in (proc.stderr.read() if proc.stderr else "")
+
+
+@pytest.mark.model
+def test_webhook_serve_ingest_makes_events_searchable(tmp_path: Path) -> None:
+    from tests.helpers import live_docs
+
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    env = dict(os.environ, TIERFLOW__WEBHOOK__SECRETS=secret)
+    index_dir = tmp_path / "hot"
+    command = [
+        sys.executable,
+        "-m",
+        "tierflow.cli",
+        "webhook",
+        "serve",
+        "--port",
+        "0",
+        "--ingest",
+        "--index",
+        str(index_dir),
+        "--queue-dir",
+        str(tmp_path / "q"),
+    ]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert "listening on" in line, line
+        url = line.split("listening on", 1)[1].split(",")[0].strip()
+        now = int(time.time())
+        events = [
+            {"doc_id": "h1", "text": "Heat pumps move heat instead of making it.", "version": 1},
+            {"doc_id": "h2", "text": "Solar panels turn light into electricity.", "version": 1},
+            {"doc_id": "bad", "text": "", "version": 1},
+        ]
+        for i, event in enumerate(events):
+            body = json.dumps(event).encode()
+            headers = {
+                "webhook-id": f"m{i}",
+                "webhook-timestamp": str(now),
+                "webhook-signature": sign(secret, f"m{i}", now, body),
+            }
+            with urllib.request.urlopen(
+                urllib.request.Request(url, body, headers, method="POST"), timeout=10
+            ) as resp:
+                assert resp.status == 202
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and set(
+            live_docs(index_dir) if (index_dir / "CURRENT").exists() else {}
+        ) != {"h1", "h2"}:
+            time.sleep(0.5)
+        assert set(live_docs(index_dir)) == {"h1", "h2"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    queue = LocalQueue(tmp_path / "q")
+    try:
+        assert queue.committed() == 3, "the queue is acknowledged once the index holds the events"
+    finally:
+        queue.close()

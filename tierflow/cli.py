@@ -243,7 +243,31 @@ def cmd_webhook_serve(args: argparse.Namespace, _: list[str]) -> int:
         for k, v in (("host", args.host), ("port", args.port), ("queue_dir", args.queue_dir))
         if v is not None
     }
-    serve(load_webhook_config(args.config, overrides))
+    config = load_webhook_config(args.config, overrides)
+    if not args.ingest:
+        serve(config)
+        return 0
+    import signal
+    import threading
+
+    from connectors.local_queue import LocalQueue
+    from connectors.webhooks import WebhookReceiver
+    from pipelines.stream import MicroBatchStream, QueueSource
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    queue = LocalQueue(config.queue_dir)
+    try:
+        with WebhookReceiver(config, sink=queue) as receiver:
+            ingest = _config(args)
+            print(
+                f"tierflow webhooks: listening on {receiver.url}/v1/events, indexing into {ingest.index_dir}",
+                flush=True,
+            )
+            MicroBatchStream(QueueSource(queue, config.name), ingest).run(stop)
+    finally:
+        queue.close()
     return 0
 
 
@@ -369,7 +393,8 @@ def parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--config", help="TOML config file with a [webhook] table (secrets: TIERFLOW__WEBHOOK__SECRETS)"
     )
-    serve_cmd.add_argument("-v", "--verbose", action="store_true")
+    serve_cmd.add_argument("--ingest", action="store_true", help="also index accepted events (same process)")
+    serve_cmd.add_argument("--index", help="hot-tier directory for --ingest")
     serve_cmd.set_defaults(func=cmd_webhook_serve)
 
     compact = sub.add_parser("compact", help="merge segments and drop deleted vectors")
