@@ -21,10 +21,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
 
+from connectors.debezium import DebeziumMapping, decode_change
 from connectors.kafka_client import (
     DeadLetterProducer,
     DocumentConsumer,
@@ -135,12 +137,32 @@ class MicroBatchStream:
         return self.batches
 
 
-class KafkaSource:
-    """Kafka document topics as a :class:`StreamSource`: offsets are committed after the index commit,
-    dead letters go to the dead-letter topic (flushed before the offsets are committed)."""
+RecordDecoder = Callable[[KafkaRecord], DocumentEvent | DeadLetter | None]
 
-    def __init__(self, kafka: KafkaConfig) -> None:
+
+def debezium_decoder(mapping: DebeziumMapping) -> RecordDecoder:
+    """Decode Debezium change events (heartbeats and transaction markers decode to None: skipped)."""
+
+    def decode(record: KafkaRecord) -> DocumentEvent | DeadLetter | None:
+        position = SourcePosition("kafka", f"{record.topic}/{record.partition}", str(record.offset))
+        return decode_change(record.key, record.value, position, mapping)
+
+    return decode
+
+
+class KafkaSource:
+    """Kafka topics as a :class:`StreamSource`: offsets are committed after the index commit, dead
+    letters go to the dead-letter topic (flushed before the offsets are committed).
+
+    Args:
+        kafka: Brokers, topics, group, dead-letter topic.
+        decoder: How a record becomes an event: the document-topic contract by default, or
+            :func:`debezium_decoder` for Debezium change-event topics.
+    """
+
+    def __init__(self, kafka: KafkaConfig, decoder: RecordDecoder | None = None) -> None:
         self.kafka = kafka
+        self.decoder = decoder
         self.consumer: DocumentConsumer | None = None
         self.producer: DeadLetterProducer | None = None
 
@@ -167,7 +189,8 @@ class KafkaSource:
         for record in records:
             key = source_key(record.topic, record.partition)
             positions[key] = str(max(record.offset, int(positions.get(key, -1))))
-        items = [self.consumer.decode(record) for record in records]
+        decode = self.decoder or self.consumer.decode
+        items = [item for item in map(decode, records) if item is not None]
         produced = [r.timestamp_ms / 1000 for r in records if r.timestamp_ms is not None]
         return Batch(items, positions, ack=next_offsets_of(records), received_at=produced)
 

@@ -3,6 +3,7 @@ offsets committed only after the index commit, restarts resume from the index's 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -104,3 +105,50 @@ def test_stream_indexes_resumes_and_commits_offsets_after_the_index(
     assert top_doc(index_dir, "resume from committed offsets revised", config(index_dir), k=1) == [
         docs[0]["_id"]
     ]
+
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "debezium" / "postgresql"
+
+
+@pytest.mark.skipif(not FIXTURES.exists(), reason=f"Debezium fixtures not found at {FIXTURES}")
+def test_debezium_topic_streams_into_the_index(kafka_broker: str, topic: Any, tmp_path: Path) -> None:
+    from confluent_kafka import Producer
+
+    from connectors.debezium import DebeziumMapping
+    from pipelines.stream import debezium_decoder
+
+    cdc_topic = topic("dbserver1.public.customers")
+    kafka = kafka_config(kafka_broker, (cdc_topic,))
+    producer = Producer({"bootstrap.servers": kafka_broker})
+
+    def send(value_file: str | None, key_file: str = "create.key.json") -> None:
+        key = (FIXTURES / key_file).read_bytes()
+        value = (FIXTURES / value_file).read_bytes() if value_file else None
+        producer.produce(cdc_topic, key=key, value=value)
+
+    for name in ("transaction_begin.json", "create.json", "update.json", "transaction_end.json"):
+        send(name)
+    producer.flush()
+    mapping = DebeziumMapping(text_column=("first_name", "last_name", "email"), id_prefix="customers:")
+    index_dir = tmp_path / "hot"
+    stream = MicroBatchStream(
+        KafkaSource(kafka, debezium_decoder(mapping)),
+        config(index_dir, write_shards=1),
+        BatchPolicy(max_wait_s=0.5),
+    )
+    stream.run(idle_exit_s=3)
+    state = live_docs(index_dir)
+    assert set(state) == {"customers:1"}
+    assert any("Anne Marie" in text for text in live_vectors(index_dir).values())
+    assert json.loads(state["customers:1"].metadata)["table"].endswith("public.customers")
+
+    send("delete.json", "delete.key.json")
+    send(None, "tombstone.key.json")
+    producer.flush()
+    again = MicroBatchStream(
+        KafkaSource(kafka, debezium_decoder(mapping)),
+        config(index_dir, write_shards=1),
+        BatchPolicy(max_wait_s=0.5),
+    )
+    again.run(idle_exit_s=3)
+    assert live_docs(index_dir) == {}

@@ -229,7 +229,20 @@ def cmd_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
             overrides[key] = value
     kafka = load_settings(KafkaConfig, "kafka", args.config, overrides)
     policy = BatchPolicy(max_records=args.max_records, max_wait_s=args.max_wait)
-    stream = MicroBatchStream(KafkaSource(kafka), _config(args), policy, beam_args)
+    decoder = None
+    if args.format == "debezium":
+        from connectors.debezium import DebeziumMapping
+        from pipelines.stream import debezium_decoder
+
+        columns = tuple(args.text_column.split(",")) if args.text_column else ("text",)
+        mapping = DebeziumMapping(
+            id_columns=tuple(args.id_columns.split(",")) if args.id_columns else (),
+            text_column=columns[0] if len(columns) == 1 else columns,
+            title_column=args.title_column,
+            id_prefix=args.id_prefix or "",
+        )
+        decoder = debezium_decoder(mapping)
+    stream = MicroBatchStream(KafkaSource(kafka, decoder), _config(args), policy, beam_args)
     batches = stream.run(max_batches=args.max_batches, idle_exit_s=args.exit_when_idle)
     print(f"indexed {batches} micro-batch(es) into {stream.config.index_dir}")
     return 0
@@ -374,6 +387,16 @@ def parser() -> argparse.ArgumentParser:
     stream.add_argument("--topic", help="document topic(s), comma-separated (default: [kafka] topics)")
     stream.add_argument("--group", help="consumer group (default: [kafka] group_id)")
     stream.add_argument("--dead-letter-topic", dest="dead_letter_topic", help="where rejected records go")
+    stream.add_argument(
+        "--format",
+        choices=("documents", "debezium"),
+        default="documents",
+        help="documents: the tierflow topic contract; debezium: change events (JsonConverter)",
+    )
+    stream.add_argument("--id-columns", help="debezium: columns forming the doc id (default: the key's)")
+    stream.add_argument("--text-column", help="debezium: text column(s), comma-separated")
+    stream.add_argument("--title-column", help="debezium: title column")
+    stream.add_argument("--id-prefix", help="debezium: prefix for doc ids, e.g. 'pg.public.articles:'")
     stream.add_argument("--max-records", type=int, default=500, help="records per micro-batch at most")
     stream.add_argument("--max-wait", type=float, default=1.0, help="seconds a micro-batch stays open")
     stream.add_argument("--max-batches", type=int, help="stop after this many micro-batches")
