@@ -46,7 +46,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Use unique topics (the ``topic`` fixture) and unique group ids (``tests.kafka_broker.kafka_config``)
     per test, with the fast client settings in ``tests.kafka_broker``.
     """
-    from tests.kafka_broker import run_broker
+    from connectors.tansu import run_broker
 
     with run_broker(tmp_path_factory.mktemp("kafka")) as bootstrap:
         yield bootstrap

@@ -35,7 +35,8 @@ from connectors.kafka_documents import (
     parse_source_key,
     source_key,
 )
-from tests.kafka_broker import free_port, kafka_config, unique
+from connectors.tansu import free_port
+from tests.kafka_broker import kafka_config, unique
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import BadRecord, ConfigError, Terminal, Transient
 from tierflow.records import DocumentEvent, SourcePosition
