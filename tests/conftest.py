@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -58,3 +59,36 @@ def topic(kafka_broker: str) -> Callable[..., str]:
     from tests.kafka_broker import create_topic_factory
 
     return create_topic_factory(kafka_broker)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster (``wal_level=logical``, wal2json) on a free loopback port, run as
+    the ``postgres`` system user when the tests run as root; see ``tests.postgres_server``. Skips when
+    the binaries or wal2json are missing (``bash infra/install-postgres.sh``), fails instead under CI.
+    """
+    from tests.postgres_server import run_postgres, skip_or_fail, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        skip_or_fail(reason)
+    with run_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_server: Any) -> str:
+    """The DSN (``host=127.0.0.1 port=... dbname=tierflow user=tierflow password=...``) of the session's
+    database on the throwaway cluster."""
+    return str(postgres_server.dsn)
+
+
+@pytest.fixture
+def postgres_db(postgres_server: Any) -> Iterator[str]:
+    """A fresh database on the session's cluster, for one test; yields its DSN. Its replication slots
+    and the database itself are dropped afterwards."""
+    name, dsn = postgres_server.create_database()
+    try:
+        yield dsn
+    finally:
+        postgres_server.drop_database(name)

@@ -309,6 +309,12 @@ def cmd_demo(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, beam_args: list[str]) -> int:
+    if args.kind == "stream":
+        from pipelines.bench_stream import bench_stream
+
+        report = bench_stream(args.rate, args.duration, Path(args.out), args.bootstrap)
+        print(json.dumps(report, indent=2))
+        return 0
     from pipelines.bench import bench_ingest
 
     report = bench_ingest(Path(args.dataset), args.limit, Path(args.out), beam_args)
@@ -437,8 +443,12 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser(
-        "bench", help="pipeline throughput vs bare SentenceTransformer.encode, same process"
+        "bench", help="ingest: pipeline vs bare encode, same process; stream: produce-to-searchable latency"
     )
+    bench.add_argument("kind", nargs="?", choices=("ingest", "stream"), default="ingest")
+    bench.add_argument("--rate", type=float, default=50.0, help="stream: documents per second")
+    bench.add_argument("--duration", type=float, default=30.0, help="stream: seconds of producing")
+    bench.add_argument("--bootstrap", help="stream: an existing Kafka broker (default: a local Tansu)")
     bench.add_argument("--dataset", default="../shared/data/scifact")
     bench.add_argument("--limit", type=int, default=0, help="documents to use (0 = all)")
     bench.add_argument("--out", default="tierflow-data/bench")
