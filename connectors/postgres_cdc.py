@@ -44,7 +44,9 @@ Transactions, positions and versions
 Operations
     - ``I`` (insert), ``U`` (update): an upsert of the new row. For an update, columns that wal2json
       leaves out (unchanged TOASTed values) are taken from the old row when the table has
-      ``REPLICA IDENTITY FULL``. An update that changes the id columns also deletes the old document.
+      ``REPLICA IDENTITY FULL``. An update that changes the id columns also deletes the old document
+      (same version), when the old row carries them: primary-key id columns, or ``REPLICA IDENTITY
+      FULL``; its metadata names the new id (``moved_to``).
     - ``D`` (delete): a delete; the id comes from the old row (``identity``), which under
       ``REPLICA IDENTITY DEFAULT`` holds only the primary key.
     - ``T`` (truncate): dead letter ``unsupported_op`` naming the table (it cannot be applied document
@@ -99,13 +101,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pipelines.stream import Batch, BatchPolicy
 from tierflow.config import build, load_settings
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError, TierflowError, Transient
 from tierflow.records import DocumentEvent, SourcePosition
+
+if TYPE_CHECKING:  # imported where used: the pipeline assembly may import this module
+    from tierflow.streams import Batch, BatchPolicy
 
 __all__ = [
     "PLUGIN",
@@ -223,7 +227,7 @@ def redact_dsn(dsn: str) -> str:
 
     Example:
         >>> redact_dsn("postgresql://app:secret@db:5432/app")
-        'user=app password=*** host=db port=5432 dbname=app'
+        'user=app password=*** dbname=app host=db port=5432'
     """
     from psycopg.conninfo import make_conninfo
 
@@ -311,7 +315,7 @@ class TableMapping:
         ConfigError: An empty column name, or no text column.
 
     Example:
-        >>> TableMapping(text_column=("summary", "body"), title_column="title", table_prefix=True)
+        >>> mapping = TableMapping(text_column=("summary", "body"), title_column="title", table_prefix=True)
     """
 
     id_columns: tuple[str, ...] = ()
@@ -366,7 +370,7 @@ class PostgresCdcConfig:
     Example:
         >>> PostgresCdcConfig("host=db dbname=app user=cdc password=s3cret", slot="tierflow",
         ...                   mappings={"articles": TableMapping(text_column="body")}, create_slot=True)
-        PostgresCdcConfig(dsn='host=db dbname=app user=cdc password=***', slot='tierflow', ...)
+        PostgresCdcConfig(dsn='user=cdc password=*** dbname=app host=db', slot='tierflow', ...)
     """
 
     dsn: str = ""
@@ -804,7 +808,7 @@ def _action(raw: str) -> Any:
 
 
 class PostgresCdcSource:
-    """A logical replication slot (wal2json) as a :class:`~pipelines.stream.StreamSource`.
+    """A logical replication slot (wal2json) as a :class:`~tierflow.streams.StreamSource`.
 
     Reads with ``pg_logical_slot_peek_changes`` (nothing consumed), advances the slot with
     ``pg_replication_slot_advance`` in :meth:`acknowledge`, after the index commit. See the module
@@ -841,10 +845,14 @@ class PostgresCdcSource:
                     "integer"
                 )
             floor = int(position)
-        self._connect()
-        self._check_wal_level()
-        confirmed = self._ensure_slot()
-        self._probe(confirmed)
+        try:
+            self._connect()
+            self._check_wal_level()
+            confirmed = self._ensure_slot()
+            self._probe(confirmed)
+        except BaseException:
+            self.close()
+            raise
         self._floor = floor
         self._started = True
         LOG.info(
@@ -921,10 +929,12 @@ class PostgresCdcSource:
     # internals ----------------------------------------------------------------------------------------
 
     def _require_started(self) -> None:
-        if not self._started or self._conn is None:
+        if not self._started:
             raise RuntimeError("PostgresCdcSource.start() has not been called (or the source was closed)")
 
     def _connect(self) -> None:
+        """Connect (once). At :meth:`start` a failure is a ConfigError; reconnecting after a lost
+        connection, it is :class:`PostgresUnavailable` (the server may be restarting)."""
         import psycopg
 
         if self._conn is not None:
@@ -936,6 +946,10 @@ class PostgresCdcSource:
             conn = psycopg.connect(self.config.dsn, autocommit=True, **extra)
         except psycopg.Error as err:
             reason = _scrub(str(err).strip(), self.config.dsn)
+            if self._started:
+                raise PostgresUnavailable(
+                    f"cannot reconnect to PostgreSQL at {_server_name(self.config.dsn)}: {reason}"
+                ) from None
             raise ConfigError(
                 f"cannot connect to PostgreSQL at {_server_name(self.config.dsn)}: {reason} "
                 "(check postgres.dsn: host, port, user, password, database)"
@@ -1103,6 +1117,8 @@ class PostgresCdcSource:
         Returns (the batch, None), or (None, the commit LSN of the last transaction seen) when every
         transaction seen was itemless or already in the index (None when there were none).
         """
+        from tierflow.streams import Batch
+
         # Rows count B and C too, and peeking stops at a transaction boundary after at least `limit`.
         rows = self._peek(max(1, max_records) * 3 + 2)
         items: list[DocumentEvent | DeadLetter] = []

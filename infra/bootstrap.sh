@@ -15,4 +15,8 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==2.13.0"
 # The rest, pinned by infra/constraints.txt (the versions CI runs with).
 "${PIP[@]}" install -c infra/constraints.txt -e ".[dev]"
+# PostgreSQL + wal2json (Debian packages) for the Postgres CDC connector's tests; needs root or sudo.
+if ! bash infra/install-postgres.sh; then
+  echo "bootstrap: could not install PostgreSQL/wal2json; the Postgres CDC tests will skip (and fail under CI)" >&2
+fi
 echo "bootstrap: ready ($(.venv/bin/python -c 'import torch, faiss, apache_beam; print(f"torch {torch.__version__}, faiss {faiss.__version__}, beam {apache_beam.__version__}")'))" >&2

@@ -33,6 +33,6 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 echo "install-postgres: installing ${missing[*]}" >&2
-"${SUDO[@]}" apt-get update -q
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Use-Pty=0 --no-install-recommends "${missing[@]}"
 echo "install-postgres: ready ($(/usr/lib/postgresql/"${PG_MAJOR}"/bin/postgres --version))" >&2

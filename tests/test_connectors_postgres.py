@@ -185,6 +185,23 @@ def test_decoding_rejects_malformed_changes_with_reasons() -> None:
     assert set(cdc.REASONS) >= {letter.reason for letter in letters}
 
 
+def test_missing_postgres_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests import postgres_server as server
+
+    monkeypatch.setattr(server, "wal2json_library", lambda bindir: None)
+    reason = server.unavailable_reason()
+    assert reason is not None and "wal2json" in reason and "infra/install-postgres.sh" in reason
+    monkeypatch.setattr(server, "find_bindir", lambda: None)
+    reason = server.unavailable_reason()
+    assert reason is not None and "initdb" in reason
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        server.skip_or_fail(reason)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        server.skip_or_fail(reason)
+
+
 # --- against a real cluster --------------------------------------------------------------------------
 
 
@@ -270,6 +287,25 @@ def test_peek_consumes_nothing_and_acknowledge_advances_the_slot(postgres_db: st
         # A repeated acknowledge (a replayed batch) never moves the slot backwards.
         source.acknowledge(first)
         assert _confirmed(postgres_db, slot) == position
+    finally:
+        source.close()
+
+
+@pytest.mark.postgres
+def test_a_lost_connection_is_transient_and_the_next_poll_reconnects(postgres_db: str) -> None:
+    _sql(postgres_db, ARTICLES)
+    slot = _slot()
+    source = _started(_config(postgres_db, slot))
+    try:
+        _sql(
+            postgres_db,
+            "INSERT INTO articles (id, body) VALUES (1, 'one')",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE application_name = '{cdc.APPLICATION_NAME}' AND datname = current_database()",
+        )
+        with pytest.raises(cdc.PostgresUnavailable, match="lost the connection"):
+            source.poll(POLICY)
+        assert [e.doc_id for e in _events(source.poll(POLICY))] == ["1"], "nothing lost: read again"
     finally:
         source.close()
 

@@ -136,7 +136,12 @@ class IngestConfig:
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     hint = annotation
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        # A TOML array fills the union's tuple member (``str | tuple[str, ...]``), anything else the first.
+        sequences = [a for a in options if typing.get_origin(a) in (tuple, list)]
+        hint = sequences[0] if isinstance(value, list) and sequences else options[0]
+    if typing.get_origin(hint) in (tuple, list) and isinstance(value, list):
+        return typing.get_origin(hint)(value)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table of settings, got {value!r}")
@@ -188,7 +193,11 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
     return values
 
 
-COMPONENT_SECTIONS = ("webhook", "kafka")  # read by their components' own loaders, not by the ingest config
+COMPONENT_SECTIONS = (
+    "webhook",
+    "kafka",
+    "postgres",
+)  # read by their components' own loaders, not by the ingest config
 
 
 def load_settings(
