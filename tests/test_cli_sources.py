@@ -178,3 +178,27 @@ def test_webhook_serve_ingest_makes_events_searchable(tmp_path: Path) -> None:
         assert queue.committed() == 3, "the queue is acknowledged once the index holds the events"
     finally:
         queue.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.model
+def test_cdc_command_follows_a_replication_slot(postgres_db: str, tmp_path: Path) -> None:
+    import psycopg
+
+    from tests.helpers import live_docs
+
+    with psycopg.connect(postgres_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE articles (id int PRIMARY KEY, headline text, body text NOT NULL)")
+    config_file = tmp_path / "tierflow.toml"
+    config_file.write_text(
+        f'index_dir = "{tmp_path / "hot"}"\n\n[postgres]\ndsn = "{postgres_db}"\nslot = "cli_slot"\n\n'
+        '[postgres.mappings."public.articles"]\ntext_column = ["headline", "body"]\nid_prefix = "article:"\n'
+    )
+    args = ["cdc", "--config", str(config_file), "--create-slot", "--max-wait", "0.2"]
+    assert main([*args, "--exit-when-idle", "1"]) == 0  # creates the slot; nothing to index yet
+    with psycopg.connect(postgres_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO articles VALUES (1, 'Slots', 'A slot keeps WAL until it is confirmed.')")
+        conn.execute("INSERT INTO articles VALUES (2, 'Peek', 'Peeking does not consume changes.')")
+        conn.execute("DELETE FROM articles WHERE id = 2")
+    assert main([*args, "--exit-when-idle", "2"]) == 0
+    assert set(live_docs(tmp_path / "hot")) == {"article:1"}

@@ -248,6 +248,21 @@ def cmd_stream(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def cmd_cdc(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from connectors.postgres_cdc import PostgresCdcSource, load_postgres_config
+    from pipelines.stream import BatchPolicy, MicroBatchStream
+
+    overrides: dict[str, Any] = {k: v for k, v in (("dsn", args.dsn), ("slot", args.slot)) if v}
+    if args.create_slot:
+        overrides["create_slot"] = True
+    source = PostgresCdcSource(load_postgres_config(args.config, overrides))
+    policy = BatchPolicy(max_records=args.max_records, max_wait_s=args.max_wait)
+    stream = MicroBatchStream(source, _config(args), policy, beam_args)
+    batches = stream.run(max_batches=args.max_batches, idle_exit_s=args.exit_when_idle)
+    print(f"indexed {batches} micro-batch(es) from slot {source.config.slot} into {stream.config.index_dir}")
+    return 0
+
+
 def cmd_webhook_serve(args: argparse.Namespace, _: list[str]) -> int:
     from connectors.webhooks import load_webhook_config, serve
 
@@ -410,6 +425,18 @@ def parser() -> argparse.ArgumentParser:
     _add_index_args(stream)
     _add_build_args(stream)
     stream.set_defaults(func=cmd_stream)
+
+    cdc = sub.add_parser("cdc", help="follow a Postgres logical replication slot (wal2json) into the index")
+    cdc.add_argument("--dsn", help="libpq connection string (default: [postgres] dsn)")
+    cdc.add_argument("--slot", help="replication slot (default: [postgres] slot)")
+    cdc.add_argument("--create-slot", action="store_true", help="create the slot if it does not exist")
+    cdc.add_argument("--max-records", type=int, default=500, help="changes per micro-batch at most")
+    cdc.add_argument("--max-wait", type=float, default=1.0, help="seconds a micro-batch stays open")
+    cdc.add_argument("--max-batches", type=int, help="stop after this many micro-batches")
+    cdc.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without changes")
+    _add_index_args(cdc)
+    _add_build_args(cdc)
+    cdc.set_defaults(func=cmd_cdc)
 
     webhook = sub.add_parser("webhook", help="the webhook receiver")
     webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True)
