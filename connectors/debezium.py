@@ -111,6 +111,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from connectors.jsonparse import has_surrogate
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError
 from tierflow.records import DocumentEvent, SourcePosition
@@ -319,7 +320,7 @@ def _parse_json(data: bytes, what: str) -> tuple[str, Any] | _Reject:
         )
     except RecursionError:
         return _Reject("malformed_json", f"{what} is JSON nested too deeply to parse")
-    if ("\\ud" in text or "\\uD" in text) and _has_surrogate(parsed):
+    if ("\\ud" in text or "\\uD" in text) and has_surrogate(parsed):
         return _Reject("not_utf8", f"{what} holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
     return text, parsed
 
@@ -374,20 +375,6 @@ def _parse_key(key: bytes | None) -> dict[str, Any] | str | int | float | None |
         "not_an_object",
         f"the record key is a JSON {_type(data)}; expected an object of key columns, a scalar or a string",
     )
-
-
-def _has_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_surrogate(v) for v in value)
-    return False
 
 
 def _type(value: Any) -> str:

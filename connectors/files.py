@@ -36,6 +36,7 @@ from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
+from connectors.jsonparse import has_surrogate
 from connectors.objectstore import (
     ObjectInfo,
     ObjectStore,
@@ -406,23 +407,9 @@ def _parse_json_object(body: bytes) -> dict[str, Any] | _Reject:
         return _Reject("malformed_json", "JSON nested too deeply to parse")
     if not isinstance(record, dict):
         return _Reject("not_an_object", f"a JSON {type(record).__name__}, expected an object per line")
-    if ("\\ud" in text or "\\uD" in text) and _has_surrogate(record):
+    if ("\\ud" in text or "\\uD" in text) and has_surrogate(record):
         return _Reject("not_utf8", "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
     return record
-
-
-def _has_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_surrogate(v) for v in value)
-    return False
 
 
 # --- mapping a record ------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+from connectors.jsonparse import has_surrogate
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import BadRecord
 from tierflow.records import OPS, DocumentEvent, Op, SourcePosition
@@ -432,7 +433,7 @@ def _parse_object(value: bytes) -> dict[str, Any] | tuple[str, str]:
         return "malformed_json", "JSON nested too deeply to parse"
     if not isinstance(record, dict):
         return "not_an_object", f"the value is a JSON {_json_type(record)}; expected an object"
-    if "\\u" in text and _has_surrogate(record):
+    if "\\u" in text and has_surrogate(record):
         return "not_utf8", "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
     return record
 
@@ -448,16 +449,8 @@ def _json_type(value: Any) -> str:
         return "string"
     return "array"
 
-
-def _has_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
     if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+        return any(has_surrogate(k) or has_surrogate(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_surrogate(v) for v in value)
+        return any(has_surrogate(v) for v in value)
     return False

@@ -60,6 +60,7 @@ from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from connectors.jsonparse import has_surrogate
 from connectors.local_queue import LocalQueue
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError, Terminal, TierflowError
@@ -277,18 +278,10 @@ _EVENT_FIELDS = ("doc_id", "op", "text", "title", "metadata", "version", "event_
 def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
-
-def _has_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
     if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+        return any(has_surrogate(k) or has_surrogate(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_surrogate(v) for v in value)
+        return any(has_surrogate(v) for v in value)
     return False
 
 
@@ -328,7 +321,7 @@ def parse_event(
         raise reject("malformed_json", "JSON nested too deeply to parse") from None
     if not isinstance(record, dict):
         raise reject("not_an_object", f"the body is a JSON {_type(record)}, expected an object")
-    if ("\\ud" in text or "\\uD" in text) and _has_surrogate(record):
+    if ("\\ud" in text or "\\uD" in text) and has_surrogate(record):
         raise reject("not_utf8", "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
 
     raw_id = record.get("doc_id")
