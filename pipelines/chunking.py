@@ -13,7 +13,10 @@ from typing import Any
 from tierflow.config import ChunkingConfig
 
 SPECIAL_TOKENS = 2  # [CLS] and [SEP]
-BOUNDARY_MARGIN = 2  # re-tokenising "title body" can differ by a token or two at the seam
+BOUNDARY_MARGIN = 2
+_TOKENIZERS: dict[
+    str, Any
+] = {}  # per process  # re-tokenising "title body" can differ by a token or two at the seam
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,17 @@ class TokenChunker:
         self._tokenizer: Any = None
 
     def warm_up(self) -> None:
+        """Load the tokenizer, once per process and file (pipelines create new DoFns every run)."""
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
+            key = str(self.tokenizer_file)
+            if key not in _TOKENIZERS:
+                from tokenizers import Tokenizer
 
-            tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
-            tokenizer.no_truncation()
-            tokenizer.no_padding()
-            self._tokenizer = tokenizer
+                tokenizer = Tokenizer.from_file(key)
+                tokenizer.no_truncation()
+                tokenizer.no_padding()
+                _TOKENIZERS[key] = tokenizer
+            self._tokenizer = _TOKENIZERS[key]
 
     def _offsets(self, text: str) -> list[tuple[int, int]]:
         self.warm_up()

@@ -264,6 +264,7 @@ def index_items(
     sources: dict[str, str],
     shards: int,
     full_sync: frozenset[str] | None = None,
+    committed_states: list[DocState] | None = None,
 ) -> beam.PCollection:
     """Index ``batches`` (a PCollection of lists of parsed events and dead letters) into the hot tier.
 
@@ -274,6 +275,8 @@ def index_items(
         sources: Source positions the commit records (stream key -> position), for resuming.
         shards: Write shards: segments written (each by one worker).
         full_sync: Source uris a full sync covers (committed documents of them not seen are deleted).
+        committed_states: The committed documents the items can touch, when the caller knows them (a
+            micro-batch: see ``pipelines.stream.committed_subset``); None reads the whole document table.
 
     Returns:
         The commit step's output: one JSON line with the new generation.
@@ -283,19 +286,22 @@ def index_items(
     events = parsed | "Events" >> _tagged("event")
     dead = parsed | "Dead" >> _tagged("dead")
 
-    index = HotIndex(config.index_dir)
-    manifest = index.manifest()
-    doc_groups: list[tuple[str, int]] = []
-    if manifest.docs_file:
-        import pyarrow.parquet as pq
+    if committed_states is not None:
+        committed = p | "CommittedDocs" >> beam.Create(committed_states)
+    else:
+        index = HotIndex(config.index_dir)
+        manifest = index.manifest()
+        doc_groups: list[tuple[str, int]] = []
+        if manifest.docs_file:
+            import pyarrow.parquet as pq
 
-        docs_path = str(index.root / manifest.docs_file)
-        doc_groups = [(docs_path, i) for i in range(pq.ParquetFile(docs_path).num_row_groups)]
-    committed = (
-        p
-        | "CommittedDocs" >> beam.Create(doc_groups)
-        | "ReadCommitted" >> beam.FlatMap(lambda g: read_doc_row_groups(Path(g[0]), g[1]))
-    )
+            docs_path = str(index.root / manifest.docs_file)
+            doc_groups = [(docs_path, i) for i in range(pq.ParquetFile(docs_path).num_row_groups)]
+        committed = (
+            p
+            | "CommittedDocs" >> beam.Create(doc_groups)
+            | "ReadCommitted" >> beam.FlatMap(lambda g: read_doc_row_groups(Path(g[0]), g[1]))
+        )
     outcomes = (
         {
             "events": events | "EventsById" >> beam.Map(lambda e: (e.doc_id, e)),

@@ -37,16 +37,57 @@ from connectors.kafka_client import (
 from connectors.kafka_documents import next_offsets, source_key
 from connectors.local_queue import LocalQueue
 from connectors.webhooks import decode_record
+from indexing.docs_table import CANONICAL, DUPLICATE, DocState
 from indexing.hot import HotIndex
+from pipelines.dedup import Candidate, candidate_keys, signature
 from pipelines.stages import build_run_context, index_items, run_pipeline
 from tierflow.config import IngestConfig
 from tierflow.deadletter import DeadLetter, read_dead_letter_files
 from tierflow.errors import TierflowError
-from tierflow.records import DocumentEvent, SourcePosition
+from tierflow.records import DocumentEvent, SourcePosition, embeddable_text
 from tierflow.streams import Batch, BatchPolicy, StreamSource
 
 LOG = logging.getLogger(__name__)
 __all__ = ["Batch", "BatchPolicy", "KafkaSource", "MicroBatchStream", "QueueSource", "StreamSource"]
+
+
+def committed_subset(
+    index: HotIndex, items: list[DocumentEvent | DeadLetter], config: IngestConfig
+) -> list[DocState]:
+    """The committed documents a micro-batch can touch, so that its cost does not grow with the index:
+    the batch's own documents (versions, hashes), duplicates linked to them (promotion), and canonical
+    documents sharing a content hash or an LSH band with one of its upserts (deduplication).
+
+    The stages decide exactly as they would with the whole table: documents outside this subset
+    cannot meet the batch's documents in any of its groupings.
+    """
+    docs = index.docs()
+    if not docs:
+        return []
+    events = [item for item in items if isinstance(item, DocumentEvent)]
+    ids = {event.doc_id for event in events}
+    subset = {
+        state.doc_id: state
+        for state in docs.values()
+        if state.doc_id in ids or (state.status == DUPLICATE and state.canonical_id in ids)
+    }
+    # Texts that may be (re)deduplicated: the batch's upserts and the duplicates it may promote.
+    texts = [(e.doc_id, e.content_hash, embeddable_text(e.title, e.text)) for e in events if e.op == "upsert"]
+    texts += [
+        (s.doc_id, s.content_hash, embeddable_text(s.title, s.text or ""))
+        for s in subset.values()
+        if s.status == DUPLICATE
+    ]
+    keys: set[str] = set()
+    for doc_id, digest, text in texts:
+        sig = signature(text, config.dedup) if config.dedup.near_duplicates else b""
+        keys.update(candidate_keys(Candidate(doc_id, digest, sig, False), config.dedup))
+    for state in docs.values():
+        if state.doc_id not in subset and state.status == CANONICAL and keys:
+            candidate = Candidate(state.doc_id, state.content_hash, state.minhash or b"", True)
+            if keys.intersection(candidate_keys(candidate, config.dedup)):
+                subset[state.doc_id] = state
+    return list(subset.values())
 
 
 class MicroBatchStream:
@@ -69,8 +110,15 @@ class MicroBatchStream:
         self.source = source
         self.config = config
         self.policy = policy or BatchPolicy()
-        self.beam_args = beam_args or []
+        # Each micro-batch is a small bounded pipeline: by default it goes straight to the FnApiRunner,
+        # which the DirectRunner would pick anyway, skipping the DirectRunner's extra graph translation
+        # (about 0.3 s of a 1.1-1.5 s batch of 50 short documents, measured on this 2-core machine).
+        args = list(beam_args or [])
+        self.beam_args = (
+            args if any(a.startswith("--runner") for a in args) else [*args, "--runner=FnApiRunner"]
+        )
         self.batches = 0
+        self.index = HotIndex(config.index_dir)
         self._started = False
 
     def start(self) -> None:
@@ -92,6 +140,7 @@ class MicroBatchStream:
                 run,
                 batch.positions,
                 self.config.write_shards or 1,
+                committed_states=committed_subset(self.index, batch.items, self.config),
             ),
             self.config,
             run,

@@ -17,6 +17,7 @@ from tierflow.records import OPS, DocumentEvent
 
 SUITE_NAME = "tierflow_documents"
 SUITE_VERSION = "1"
+_BUILT: dict[ValidationConfig, tuple[Any, Any, list[tuple[str, str, Any]]]] = {}  # per process
 
 
 def _expectations(config: ValidationConfig) -> list[tuple[str, str, Any]]:
@@ -83,8 +84,14 @@ class DocumentValidator:
         return f"{SUITE_NAME}@{SUITE_VERSION}"
 
     def warm_up(self) -> None:
-        if self._suite is not None:
-            return
+        """Build the GX context and suite, once per process and configuration (a pipeline creates new
+        DoFns, and so new validators, for every run; a stream runs one pipeline per micro-batch)."""
+        if self._suite is None:
+            if self.config not in _BUILT:
+                _BUILT[self.config] = self._build()
+            self._batch_definition, self._suite, self._rules = _BUILT[self.config]
+
+    def _build(self) -> tuple[Any, Any, list[tuple[str, str, Any]]]:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -94,14 +101,14 @@ class DocumentValidator:
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         source = context.data_sources.add_pandas("tierflow")
-        self._batch_definition = source.add_dataframe_asset("documents").add_batch_definition_whole_dataframe(
+        batch_definition = source.add_dataframe_asset("documents").add_batch_definition_whole_dataframe(
             "batch"
         )
-        self._rules = _expectations(self.config)
+        rules = _expectations(self.config)
         suite = gx.ExpectationSuite(name=SUITE_NAME)
-        for _, _, expectation in self._rules:
+        for _, _, expectation in rules:
             suite.add_expectation(expectation)
-        self._suite = context.suites.add(suite)
+        return batch_definition, context.suites.add(suite), rules
 
     def validate(self, events: list[DocumentEvent]) -> tuple[list[DocumentEvent], list[DeadLetter]]:
         """Split ``events`` into those that pass the suite and dead letters for those that do not."""

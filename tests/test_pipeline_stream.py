@@ -152,3 +152,42 @@ def test_debezium_topic_streams_into_the_index(kafka_broker: str, topic: Any, tm
     )
     again.run(idle_exit_s=3)
     assert live_docs(index_dir) == {}
+
+
+def test_micro_batches_dedup_against_committed_documents_and_promote(
+    kafka_broker: str, topic: Any, tmp_path: Path
+) -> None:
+    """A micro-batch reads only the committed documents it can touch; dedup and promotion still see
+    every one that matters."""
+    name = topic("dedup")
+    kafka = kafka_config(kafka_broker, (name,))
+    index_dir = tmp_path / "hot"
+    docs = demo_docs()[:8]
+    base = docs[4]
+    with DocumentProducer(kafka) as producer:
+        for doc in docs:
+            producer.send(doc["_id"], doc["text"], doc["title"], version=1)
+    _stream(kafka, index_dir).run(idle_exit_s=3)
+    with DocumentProducer(kafka) as producer:
+        producer.send("zz-copy", base["text"].upper(), base["title"], version=1)
+        producer.send("zz-near", base["text"] + " It is widely used.", base["title"], version=1)
+    _stream(kafka, index_dir).run(idle_exit_s=3)
+    state = HotIndex(index_dir).docs()
+    assert (state["zz-copy"].status, state["zz-copy"].canonical_id, state["zz-copy"].dedup) == (
+        "duplicate",
+        base["_id"],
+        "exact",
+    )
+    assert (state["zz-near"].status, state["zz-near"].canonical_id, state["zz-near"].dedup) == (
+        "duplicate",
+        base["_id"],
+        "near",
+    )
+
+    with DocumentProducer(kafka) as producer:
+        producer.delete(base["_id"], version=2)
+    _stream(kafka, index_dir).run(idle_exit_s=3)
+    state = HotIndex(index_dir).docs()
+    assert state[base["_id"]].status == "deleted"
+    assert state["zz-copy"].status == "canonical"
+    assert (state["zz-near"].status, state["zz-near"].canonical_id) == ("duplicate", "zz-copy")
