@@ -1102,3 +1102,44 @@ def produce_jsonl(producer: DocumentProducer, lines: Iterable[bytes]) -> Produce
             report.refused.append(f"line {number}: {err}")
     producer.flush()
     return report
+
+
+class KafkaEventSink:
+    """The webhook receiver's sink when a document topic is configured: each accepted delivery is
+    produced to the topic (acks=all, idempotent) and flushed before the receiver answers 2xx.
+
+    Replay protection then lasts for the receiver's lifetime (accepted ids within the tolerance window
+    are kept in memory): the receiver cannot read its deliveries back from Kafka on start. A replay
+    after a restart only re-sends an event the index applies idempotently.
+
+    Args:
+        producer: A :class:`DocumentProducer` for the document topic.
+        decode: Turns a receiver record into its :class:`DocumentEvent` (``connectors.webhooks.decode_record``).
+    """
+
+    def __init__(self, producer: DocumentProducer, decode: Callable[[bytes], DocumentEvent]) -> None:
+        self.producer = producer
+        self.decode = decode
+        self.appended = 0
+
+    def append(self, record: bytes) -> int:
+        event = self.decode(record)
+        if event.op == "delete":
+            self.producer.delete(event.doc_id, event.version, event.event_time)
+        else:
+            self.producer.send(
+                event.doc_id, event.text, event.title, event.metadata, event.version, event.event_time
+            )
+        self.producer.flush()
+        self.appended += 1
+        return self.appended - 1
+
+    def read(self, from_offset: int, max_records: int = 100, wait_s: float = 0.0) -> list[tuple[int, bytes]]:
+        return []
+
+    @property
+    def start_offset(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.producer.close()

@@ -1018,17 +1018,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(202, {"accepted": webhook_id})
 
 
-def serve(config: WebhookConfig, *, stop: threading.Event | None = None) -> None:
+def serve(
+    config: WebhookConfig, *, stop: threading.Event | None = None, sink: EventSink | None = None
+) -> None:
     """Run a :class:`WebhookReceiver` until SIGINT/SIGTERM (or until ``stop`` is set).
 
-    Signal handlers are installed only when called from the main thread.
+    Signal handlers are installed only when called from the main thread. ``sink`` replaces the local
+    durable queue (e.g. ``connectors.kafka_client.KafkaEventSink`` for a document topic).
     """
     stop = stop or threading.Event()
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    receiver = WebhookReceiver(config)
+    receiver = WebhookReceiver(config, sink=sink)
     try:
         receiver.start()
         print(f"tierflow webhooks: listening on {receiver.url}{EVENTS_PATH}", flush=True)

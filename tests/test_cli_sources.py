@@ -202,3 +202,62 @@ def test_cdc_command_follows_a_replication_slot(postgres_db: str, tmp_path: Path
         conn.execute("DELETE FROM articles WHERE id = 2")
     assert main([*args, "--exit-when-idle", "2"]) == 0
     assert set(live_docs(tmp_path / "hot")) == {"article:1"}
+
+
+@pytest.mark.kafka
+def test_webhook_serve_writes_accepted_events_to_a_kafka_topic(kafka_broker: str, topic: Any) -> None:
+    name = topic("hooks")
+    secret = "whsec_" + base64.b64encode(b"t" * 32).decode()
+    env = dict(os.environ, TIERFLOW__WEBHOOK__SECRETS=secret)
+    command = [
+        sys.executable,
+        "-m",
+        "tierflow.cli",
+        "webhook",
+        "serve",
+        "--port",
+        "0",
+        "--bootstrap",
+        kafka_broker,
+        "--topic",
+        name,
+    ]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert "listening on" in line, line + (proc.stderr.read() if proc.stderr else "")
+        url = line.split("listening on", 1)[1].strip()
+        now = int(time.time())
+        for i, event in enumerate(
+            (
+                {"doc_id": "k1", "text": "to kafka", "version": 4},
+                {"doc_id": "k0", "op": "delete", "version": 5},
+            )
+        ):
+            body = json.dumps(event).encode()
+            headers = {
+                "webhook-id": f"k{i}",
+                "webhook-timestamp": str(now),
+                "webhook-signature": sign(secret, f"k{i}", now, body),
+            }
+            with urllib.request.urlopen(
+                urllib.request.Request(url, body, headers, method="POST"), timeout=10
+            ) as resp:
+                assert resp.status == 202
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    consumer = DocumentConsumer(kafka_config(kafka_broker, (name,)))
+    try:
+        consumer.subscribe(timeout_s=30)
+        records: list[Any] = []
+        deadline = time.monotonic() + 15
+        while len(records) < 2 and time.monotonic() < deadline:
+            records.extend(consumer.poll_batch(10, 1.0))
+        events = [consumer.decode(r) for r in records]
+    finally:
+        consumer.close()
+    assert [(e.doc_id, e.op, e.version) for e in events] == [("k1", "upsert", 4), ("k0", "delete", 5)]
+    assert events[0].text == "to kafka"

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tierflow.errors import TierflowError
+from tierflow.errors import ConfigError, TierflowError
 
 QUIET_LOGGERS = (
     "apache_beam",
@@ -272,6 +272,25 @@ def cmd_webhook_serve(args: argparse.Namespace, _: list[str]) -> int:
         if v is not None
     }
     config = load_webhook_config(args.config, overrides)
+    if args.topic:
+        if args.ingest:
+            raise ConfigError(
+                "--ingest drains the local queue; with --topic, run `tierflow stream` on the topic"
+            )
+        from connectors.kafka_client import DocumentProducer, KafkaConfig, KafkaEventSink
+        from connectors.webhooks import decode_record
+        from tierflow.config import load_settings
+
+        kafka_overrides = {
+            k: v for k, v in (("bootstrap_servers", args.bootstrap), ("topics", args.topic)) if v
+        }
+        kafka = load_settings(KafkaConfig, "kafka", args.config, kafka_overrides)
+        sink = KafkaEventSink(DocumentProducer(kafka), decode_record)
+        try:
+            serve(config, sink=sink)
+        finally:
+            sink.close()
+        return 0
     if not args.ingest:
         serve(config)
         return 0
@@ -450,6 +469,10 @@ def parser() -> argparse.ArgumentParser:
         "--config", help="TOML config file with a [webhook] table (secrets: TIERFLOW__WEBHOOK__SECRETS)"
     )
     serve_cmd.add_argument("--ingest", action="store_true", help="also index accepted events (same process)")
+    serve_cmd.add_argument(
+        "--topic", help="write accepted events to this Kafka document topic instead of the queue"
+    )
+    serve_cmd.add_argument("--bootstrap", help="Kafka bootstrap servers for --topic (default: [kafka])")
     serve_cmd.add_argument("--index", help="hot-tier directory for --ingest")
     serve_cmd.set_defaults(func=cmd_webhook_serve)
 
