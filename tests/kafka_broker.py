@@ -8,6 +8,7 @@ and fetches are (short session timeout, quick heartbeats, short fetch waits).
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -55,3 +56,20 @@ def kafka_config(bootstrap: str, topics: tuple[str, ...] | str = (), **overrides
     }
     values.update(overrides)
     return KafkaConfig(bootstrap, topics=topics, **values)  # type: ignore[arg-type]
+
+
+def consume(bootstrap: str, topic: str, count: int, timeout_s: float = 20.0) -> list[Any]:
+    """Read ``count`` records from the start of ``topic`` with a fresh consumer group (fewer if
+    ``timeout_s`` passes first)."""
+    from connectors.kafka_client import DocumentConsumer
+
+    consumer = DocumentConsumer(kafka_config(bootstrap, (topic,)))
+    try:
+        consumer.subscribe(timeout_s=30)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while len(records) < count and time.monotonic() < deadline:
+            records.extend(consumer.poll_batch(10, 1.0))
+        return records
+    finally:
+        consumer.close()

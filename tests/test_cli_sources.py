@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 
-from connectors.kafka_client import DocumentConsumer
 from connectors.local_queue import LocalQueue
 from connectors.webhooks import decode_record, sign
 from tests.helpers import REPO
-from tests.kafka_broker import kafka_config
+from tests.kafka_broker import consume
 from tierflow.cli import main
 
 
@@ -45,16 +44,7 @@ def test_produce_sends_documents_and_refuses_bad_lines(
     assert "line 4: missing_text" in captured.err and "line 5: wrong_type" in captured.err
     assert "line 6: malformed_json" in captured.err
 
-    consumer = DocumentConsumer(kafka_config(kafka_broker, (name,)))
-    try:
-        consumer.subscribe(timeout_s=30)
-        records: list[Any] = []
-        deadline = time.monotonic() + 20
-        while len(records) < 3 and time.monotonic() < deadline:
-            records.extend(consumer.poll_batch(10, 1.0))
-        events = [consumer.decode(r) for r in records]
-    finally:
-        consumer.close()
+    events = [record.decode() for record in consume(kafka_broker, name, 3)]
     assert [(e.doc_id, e.op) for e in events] == [("a", "upsert"), ("b", "upsert"), ("a", "delete")]
     assert events[1].metadata == {"team": "x"} and events[2].version == 2
 
@@ -249,15 +239,6 @@ def test_webhook_serve_writes_accepted_events_to_a_kafka_topic(kafka_broker: str
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    consumer = DocumentConsumer(kafka_config(kafka_broker, (name,)))
-    try:
-        consumer.subscribe(timeout_s=30)
-        records: list[Any] = []
-        deadline = time.monotonic() + 15
-        while len(records) < 2 and time.monotonic() < deadline:
-            records.extend(consumer.poll_batch(10, 1.0))
-        events = [consumer.decode(r) for r in records]
-    finally:
-        consumer.close()
+    events = [record.decode() for record in consume(kafka_broker, name, 2)]
     assert [(e.doc_id, e.op, e.version) for e in events] == [("k1", "upsert", 4), ("k0", "delete", 5)]
     assert events[0].text == "to kafka"

@@ -4,7 +4,6 @@ offsets committed only after the index commit, restarts resume from the index's 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from connectors.kafka_client import DocumentConsumer, DocumentProducer, read_dea
 from indexing.hot import HotIndex
 from pipelines.stream import BatchPolicy, KafkaSource, MicroBatchStream
 from tests.helpers import config, demo_docs, live_docs, live_vectors, top_doc
-from tests.kafka_broker import kafka_config
+from tests.kafka_broker import consume, kafka_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model]
 
@@ -67,16 +66,8 @@ def test_stream_indexes_resumes_and_commits_offsets_after_the_index(
     assert committed == held
 
     # Dead letters went to the dead-letter topic with their reasons and original bytes.
-    dlq = DocumentConsumer(kafka_config(kafka_broker, (dlq_topic,)))
-    try:
-        dlq.subscribe(timeout_s=30)
-        letters: list[Any] = []
-        deadline = time.monotonic() + 15
-        while len(letters) < 2 and time.monotonic() < deadline:
-            letters.extend(dlq.poll_batch(10, 1.0))
-        reasons = sorted(read_dead_letter(r.value, r.headers).reason for r in letters)
-    finally:
-        dlq.close()
+    letters = consume(kafka_broker, dlq_topic, 2)
+    reasons = sorted(read_dead_letter(r.value, r.headers).reason for r in letters)
     assert reasons == ["malformed_json", "missing_id"]
 
     # Updates, a delete, an out-of-order older version and a replay, consumed by a new process.

@@ -364,6 +364,13 @@ def _add_index_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every stage")
 
 
+def _add_micro_batch_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-records", type=int, default=500, help="records per micro-batch at most")
+    parser.add_argument("--max-wait", type=float, default=1.0, help="seconds a micro-batch stays open")
+    parser.add_argument("--max-batches", type=int, help="stop after this many micro-batches")
+    parser.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without records")
+
+
 def _add_build_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index-type", choices=("flat", "hnsw"), help="FAISS index type for new segments")
     parser.add_argument("--chunk-tokens", type=int, help="tokens per chunk (model tokenizer)")
@@ -437,10 +444,7 @@ def parser() -> argparse.ArgumentParser:
     stream.add_argument("--text-column", help="debezium: text column(s), comma-separated")
     stream.add_argument("--title-column", help="debezium: title column")
     stream.add_argument("--id-prefix", help="debezium: prefix for doc ids, e.g. 'pg.public.articles:'")
-    stream.add_argument("--max-records", type=int, default=500, help="records per micro-batch at most")
-    stream.add_argument("--max-wait", type=float, default=1.0, help="seconds a micro-batch stays open")
-    stream.add_argument("--max-batches", type=int, help="stop after this many micro-batches")
-    stream.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without records")
+    _add_micro_batch_args(stream)
     _add_index_args(stream)
     _add_build_args(stream)
     stream.set_defaults(func=cmd_stream)
@@ -449,10 +453,7 @@ def parser() -> argparse.ArgumentParser:
     cdc.add_argument("--dsn", help="libpq connection string (default: [postgres] dsn)")
     cdc.add_argument("--slot", help="replication slot (default: [postgres] slot)")
     cdc.add_argument("--create-slot", action="store_true", help="create the slot if it does not exist")
-    cdc.add_argument("--max-records", type=int, default=500, help="changes per micro-batch at most")
-    cdc.add_argument("--max-wait", type=float, default=1.0, help="seconds a micro-batch stays open")
-    cdc.add_argument("--max-batches", type=int, help="stop after this many micro-batches")
-    cdc.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without changes")
+    _add_micro_batch_args(cdc)
     _add_index_args(cdc)
     _add_build_args(cdc)
     cdc.set_defaults(func=cmd_cdc)
