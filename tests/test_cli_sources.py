@@ -23,6 +23,24 @@ from tests.kafka_broker import consume
 from tierflow.cli import main
 
 
+def post_signed(url: str, secret: str, id_prefix: str, events: list[dict[str, Any]]) -> list[int]:
+    """POST each event signed per Standard Webhooks (ids ``<prefix>0``, ``<prefix>1`` ...); the statuses."""
+    now, statuses = int(time.time()), []
+    for i, event in enumerate(events):
+        body = json.dumps(event).encode()
+        msg_id = f"{id_prefix}{i}"
+        headers = {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(now),
+            "webhook-signature": sign(secret, msg_id, now, body),
+        }
+        with urllib.request.urlopen(
+            urllib.request.Request(url, body, headers, method="POST"), timeout=10
+        ) as resp:
+            statuses.append(resp.status)
+    return statuses
+
+
 @pytest.mark.kafka
 def test_produce_sends_documents_and_refuses_bad_lines(
     kafka_broker: str, topic: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -137,23 +155,12 @@ def test_webhook_serve_ingest_makes_events_searchable(tmp_path: Path) -> None:
         line = proc.stdout.readline() if proc.stdout else ""
         assert "listening on" in line, line
         url = line.split("listening on", 1)[1].split(",")[0].strip()
-        now = int(time.time())
         events = [
             {"doc_id": "h1", "text": "Heat pumps move heat instead of making it.", "version": 1},
             {"doc_id": "h2", "text": "Solar panels turn light into electricity.", "version": 1},
             {"doc_id": "bad", "text": "", "version": 1},
         ]
-        for i, event in enumerate(events):
-            body = json.dumps(event).encode()
-            headers = {
-                "webhook-id": f"m{i}",
-                "webhook-timestamp": str(now),
-                "webhook-signature": sign(secret, f"m{i}", now, body),
-            }
-            with urllib.request.urlopen(
-                urllib.request.Request(url, body, headers, method="POST"), timeout=10
-            ) as resp:
-                assert resp.status == 202
+        assert post_signed(url, secret, "m", events) == [202, 202, 202]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and set(
             live_docs(index_dir) if (index_dir / "CURRENT").exists() else {}
@@ -219,23 +226,11 @@ def test_webhook_serve_writes_accepted_events_to_a_kafka_topic(kafka_broker: str
         line = proc.stdout.readline() if proc.stdout else ""
         assert "listening on" in line, line + (proc.stderr.read() if proc.stderr else "")
         url = line.split("listening on", 1)[1].strip()
-        now = int(time.time())
-        for i, event in enumerate(
-            (
-                {"doc_id": "k1", "text": "to kafka", "version": 4},
-                {"doc_id": "k0", "op": "delete", "version": 5},
-            )
-        ):
-            body = json.dumps(event).encode()
-            headers = {
-                "webhook-id": f"k{i}",
-                "webhook-timestamp": str(now),
-                "webhook-signature": sign(secret, f"k{i}", now, body),
-            }
-            with urllib.request.urlopen(
-                urllib.request.Request(url, body, headers, method="POST"), timeout=10
-            ) as resp:
-                assert resp.status == 202
+        events = [
+            {"doc_id": "k1", "text": "to kafka", "version": 4},
+            {"doc_id": "k0", "op": "delete", "version": 5},
+        ]
+        assert post_signed(url, secret, "k", events) == [202, 202]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
