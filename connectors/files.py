@@ -37,18 +37,11 @@ from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
 from connectors.jsonparse import has_surrogate
-from connectors.objectstore import (
-    ObjectInfo,
-    ObjectStore,
-    ObjectStoreError,
-    ObjectStoreUnavailable,
-    ObjectUnreadable,
-    is_s3_uri,
-    open_store,
-)
+from connectors.objectstore import ObjectInfo, ObjectStore, open_store
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError
 from tierflow.records import OPS, DocumentEvent, SourcePosition
+from tierflow.s3 import ObjectStoreError, ObjectStoreUnavailable, ObjectUnreadable, is_s3_uri
 
 __all__ = ["FORMATS", "FileSourceConfig", "FileSplit", "plan_splits", "read_split", "source_uris"]
 

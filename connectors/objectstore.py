@@ -19,32 +19,24 @@ import abc
 import fnmatch
 import io
 import os
-import threading
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
-from tierflow.errors import ConfigError, Terminal, TierflowError, Transient
+from tierflow.errors import ConfigError, TierflowError
+from tierflow.s3 import (
+    MISSING_S3_CODES,
+    S3_SCHEME,
+    ObjectUnreadable,
+    is_s3_uri,
+    s3_client,
+    s3_code,
+    s3_status,
+    split_s3_uri,
+    translate_s3_error,
+)
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
-
-S3_SCHEME = "s3://"
-
-# S3 error codes that a retry may fix; every 5xx counts as well.
-_TRANSIENT_S3_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "InternalError",
-    }
-)
-_CREDENTIAL_S3_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
-)
-_MISSING_S3_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 
 
 class ObjectInfo(NamedTuple):
@@ -53,47 +45,6 @@ class ObjectInfo(NamedTuple):
     uri: str
     size: int
     mtime_ns: int
-
-
-class ObjectStoreError(TierflowError):
-    """An object store call failed; ``uri`` names the object or prefix it was about.
-
-    Args:
-        uri: The object or prefix.
-        message: What went wrong.
-    """
-
-    def __init__(self, uri: str, message: str) -> None:
-        super().__init__(uri, message)
-        self.uri = uri
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.uri}: {self.message}"
-
-
-class ObjectUnreadable(ObjectStoreError, Terminal):
-    """This one object cannot be read (gone, a directory, refused, permission denied); retrying won't help."""
-
-
-class ObjectStoreUnavailable(ObjectStoreError, Transient):
-    """The store failed in a way a retry may fix (a 5xx, throttling, a dropped connection)."""
-
-
-def is_s3_uri(path: str) -> bool:
-    return path.startswith(S3_SCHEME)
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``.
-
-    Raises:
-        ConfigError: The uri names no bucket.
-    """
-    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
-    if not bucket:
-        raise ConfigError(f"{uri!r} names no bucket: write it as s3://bucket/prefix")
-    return bucket, key
 
 
 def _matches(relative: str, glob: str) -> bool:
@@ -286,7 +237,7 @@ class S3Store(ObjectStore):
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = _s3_client(self._endpoint_url, self._region)
+            self._client = s3_client(self._endpoint_url, self._region)
         return self._client
 
     def _translate(self, err: Exception, uri: str, *, listing: bool) -> TierflowError:
@@ -301,7 +252,7 @@ class S3Store(ObjectStore):
         try:
             head = self.client.head_object(Bucket=bucket, Key=key)
         except ClientError as err:
-            if _s3_code(err) in _MISSING_S3_CODES or _s3_status(err) == 404:
+            if s3_code(err) in MISSING_S3_CODES or s3_status(err) == 404:
                 return None
             raise self._translate(err, uri, listing=True) from err
         except BotoCoreError as err:
@@ -338,7 +289,7 @@ class S3Store(ObjectStore):
             response = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
             return bytes(response["Body"].read())
         except ClientError as err:
-            if _s3_code(err) == "InvalidRange":  # start is at or past the end of the object
+            if s3_code(err) == "InvalidRange":  # start is at or past the end of the object
                 return b""
             raise self._translate(err, uri, listing=False) from err
         except BotoCoreError as err:
@@ -348,99 +299,9 @@ class S3Store(ObjectStore):
         return f"{prefix.rstrip('/')}/{name}"
 
 
-# One client per endpoint, region and credential source, shared by the threads of a worker process:
-# botocore clients are thread-safe, making them is not, and a new session costs ~0.1 s.
-_CLIENTS: dict[tuple[str | None, ...], Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
-
-
-def _s3_client(endpoint_url: str | None, region: str | None) -> Any:
-    key = (endpoint_url, region, *(os.environ.get(name) for name in _CREDENTIAL_ENV))
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=region,
-                config=Config(
-                    connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}
-                ),
-            )
-            _CLIENTS[key] = client
-    return client
-
-
 def _ns(timestamp: Any) -> int:
     """A botocore ``LastModified`` datetime as integer nanoseconds since the epoch."""
     return int(timestamp.timestamp()) * 1_000_000_000 + timestamp.microsecond * 1000
-
-
-def _s3_code(err: Any) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))
-
-
-def _s3_status(err: Any) -> int:
-    return int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def translate_s3_error(
-    err: Exception, uri: str, *, listing: bool, endpoint_url: str | None = None
-) -> TierflowError:
-    """A botocore error as the project's own, keeping the uri.
-
-    Args:
-        err: The botocore exception.
-        uri: The object or prefix the call was about.
-        listing: True while resolving the source (configuration time): an unreachable endpoint or a
-            denied listing is then a configuration error; while reading an object it is transient or
-            that object's own problem.
-        endpoint_url: The endpoint in use, named in messages.
-
-    Returns:
-        A :class:`ConfigError`, :class:`ObjectUnreadable` or :class:`ObjectStoreUnavailable`.
-    """
-    from botocore import exceptions as boto
-
-    endpoint = endpoint_url or "the default AWS endpoint"
-    if isinstance(
-        err, boto.NoCredentialsError | boto.PartialCredentialsError | boto.CredentialRetrievalError
-    ):
-        return ConfigError(
-            f"no usable AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            f"or AWS_PROFILE, or run with an instance/role profile ({err})"
-        )
-    if isinstance(err, boto.ParamValidationError):
-        return ConfigError(f"invalid S3 location {uri!r}: {err}")
-    if isinstance(err, boto.EndpointConnectionError | boto.ConnectTimeoutError):
-        if listing:
-            return ConfigError(
-                f"cannot reach the S3 endpoint {endpoint} for {uri}: check s3_endpoint_url / "
-                f"AWS_ENDPOINT_URL and the network ({err})"
-            )
-        return ObjectStoreUnavailable(uri, f"cannot reach the S3 endpoint {endpoint}: {err}")
-    if isinstance(err, boto.ClientError):
-        code, status = _s3_code(err), _s3_status(err)
-        bucket = split_s3_uri(uri)[0]
-        if code == "NoSuchBucket":
-            return ConfigError(
-                f"bucket {bucket!r} does not exist at {endpoint} (path {uri}): create it or fix path"
-            )
-        if code in _CREDENTIAL_S3_CODES:
-            return ConfigError(
-                f"the AWS credentials were rejected for {uri} ({code}): check the access key and secret"
-            )
-        if status >= 500 or code in _TRANSIENT_S3_CODES:
-            return ObjectStoreUnavailable(uri, f"S3 error {code or status}: {err}")
-        if listing:
-            hint = "check the credentials and the bucket policy" if status == 403 else "check path"
-            return ConfigError(f"cannot list {uri} at {endpoint} ({code or status}): {hint}")
-        return ObjectUnreadable(uri, f"S3 error {code or status}: {err}")
-    return ObjectStoreUnavailable(uri, f"S3 request failed: {err}")
 
 
 def open_store(

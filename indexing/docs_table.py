@@ -26,7 +26,10 @@ class DocState:
     ``segment_id``/``n_chunks`` locate a canonical document's vectors (chunk ordinals ``0..n_chunks-1``).
     A duplicate has no vectors of its own: ``canonical_id`` names the document it is linked to, and its
     ``text`` is kept so that it can be promoted (embedded) if that document goes away. ``minhash`` is the
-    near-duplicate signature of canonical documents.
+    near-duplicate signature of canonical documents. ``cold_batch`` names the lifecycle move whose rows in
+    the cold tier hold a canonical document's vectors (its ``segment_id`` is then None): cold rows are
+    visible only while the committed document state names their batch, which is what makes moves
+    between tiers atomic.
     """
 
     doc_id: str
@@ -50,6 +53,7 @@ class DocState:
     run_id: str = ""
     metadata: str = "{}"
     lineage: str = "{}"
+    cold_batch: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_row(self) -> dict[str, Any]:
@@ -81,10 +85,17 @@ DOC_SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("metadata", pa.string()),
         ("lineage", pa.string()),
+        ("cold_batch", pa.string()),
     ]
 )
 ROW_GROUP_ROWS = 50_000  # a pipeline reads the table one row group per task
 _FIELD_NAMES = [f.name for f in fields(DocState) if f.name != "extra"]
+_DEFAULTS = {f.name: f.default for f in fields(DocState) if f.name != "extra"}
+
+
+def _state(row: dict[str, Any]) -> DocState:
+    """A row as a state; columns added after a table was written take their defaults."""
+    return DocState(**{k: row.get(k, _DEFAULTS[k]) for k in _FIELD_NAMES})
 
 
 def write_docs(path: Path, docs: dict[str, DocState]) -> None:
@@ -97,10 +108,10 @@ def write_docs(path: Path, docs: dict[str, DocState]) -> None:
 
 def read_docs(path: Path) -> dict[str, DocState]:
     table = pq.read_table(path)
-    return {row["doc_id"]: DocState(**{k: row[k] for k in _FIELD_NAMES}) for row in table.to_pylist()}
+    return {row["doc_id"]: _state(row) for row in table.to_pylist()}
 
 
 def read_doc_row_groups(path: Path, row_group: int) -> list[DocState]:
     """One row group of the table, so that a pipeline can read it in parallel."""
     table = pq.ParquetFile(path).read_row_group(row_group)
-    return [DocState(**{k: row[k] for k in _FIELD_NAMES}) for row in table.to_pylist()]
+    return [_state(row) for row in table.to_pylist()]

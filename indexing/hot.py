@@ -18,9 +18,9 @@ import numpy as np
 from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState, read_docs, write_docs
 from indexing.durable import exclusive_lock, fsync_dir, fsync_file
 from indexing.faiss_index import IndexSpec, index_vectors, search_index
-from indexing.manifest import LiveSegment, Manifest, ManifestStore
+from indexing.manifest import MMAP, LiveSegment, Manifest, ManifestStore
 from indexing.segment import SegmentInfo, SegmentReader, write_segment
-from tierflow.errors import IncompatibleIndex
+from tierflow.errors import IncompatibleIndex, IndexCorrupt
 from tierflow.records import chunk_id, vector_id
 
 HISTORY_LIMIT = 50
@@ -57,11 +57,47 @@ class CommitResult:
     tombstoned: int
 
 
+@dataclass
+class Retier:
+    """One document's move between tiers (or its expiry): ``new`` replaces the committed state only if that
+    is still ``expected``; a document a pipeline changed in the meantime is left as the pipeline made it."""
+
+    expected: DocState
+    new: DocState
+
+
+@dataclass
+class RetierRequest:
+    """What one lifecycle run publishes in one manifest.
+
+    Args:
+        run_id: The lifecycle run.
+        segments: New segments (already durable) and the storage each is served from.
+        moves: The documents' new states; a new state in one of ``segments`` points at it.
+        cold: Where the cold tier lives (recorded in the manifest).
+        summary: Counts of the run, kept in the manifest history.
+    """
+
+    run_id: str
+    segments: list[tuple[SegmentInfo, str]] = field(default_factory=list)
+    moves: list[Retier] = field(default_factory=list)
+    cold: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RetierResult:
+    generation: int
+    applied: list[str]
+    skipped: list[str]
+
+
 @dataclass(frozen=True)
 class Hit:
     score: float
     vector_id: int
     segment_id: str
+    tier: str = "hot"
 
 
 def doc_vector_ids(doc_id: str, n_chunks: int) -> list[int]:
@@ -101,12 +137,15 @@ class HotIndex:
             self._docs_cache = (manifest.docs_file, docs)
         return self._docs_cache[1]
 
-    def reader(self, segment: SegmentInfo) -> SegmentReader:
-        if segment.segment_id not in self._readers:
-            self._readers[segment.segment_id] = SegmentReader(
-                self.segments_dir / segment.segment_id, segment, mmap=self.mmap
+    def reader(self, segment: SegmentInfo | LiveSegment) -> SegmentReader:
+        """The reader of a segment; a :class:`LiveSegment` of the warm tier is memory-mapped."""
+        info = segment.info if isinstance(segment, LiveSegment) else segment
+        mmap = self.mmap or (isinstance(segment, LiveSegment) and segment.storage == MMAP)
+        if info.segment_id not in self._readers:
+            self._readers[info.segment_id] = SegmentReader(
+                self.segments_dir / info.segment_id, info, mmap=mmap
             )
-        return self._readers[segment.segment_id]
+        return self._readers[info.segment_id]
 
     def tombstones(self, segment: LiveSegment) -> np.ndarray:
         if segment.tombstones is None:
@@ -121,15 +160,16 @@ class HotIndex:
         merged: list[list[Hit]] = [[] for _ in range(len(queries))]
         for live in manifest.segments:
             spec = IndexSpec.from_dict(live.info.index)
-            reader, dead = self.reader(live.info), self.tombstones(live)
+            reader, dead = self.reader(live), self.tombstones(live)
             # GPU flat indexes may not take ID selectors: a segment with tombstones is searched on the CPU
-            # (compaction clears them).
+            # (compaction clears them). Warm segments stay memory-mapped on the CPU.
+            on_cpu = len(dead) or live.storage == MMAP
             scores, ids = search_index(
-                reader.index if len(dead) else reader.search_index, queries, k, spec, dead
+                reader.index if on_cpu else reader.search_index, queries, k, spec, dead
             )
             for q in range(len(queries)):
                 merged[q].extend(
-                    Hit(float(s), int(i), live.info.segment_id)
+                    Hit(float(s), int(i), live.info.segment_id, live.tier)
                     for s, i in zip(scores[q], ids[q], strict=True)
                     if i >= 0
                 )
@@ -138,7 +178,7 @@ class HotIndex:
     def chunk_rows(self, hits: list[Hit], manifest: Manifest | None = None) -> list[dict[str, Any]]:
         """Chunk metadata (text, doc id, lineage ...) for ``hits``, in the same order."""
         manifest = manifest or self.manifest()
-        infos = {live.info.segment_id: live.info for live in manifest.segments}
+        infos = {live.info.segment_id: live for live in manifest.segments}
         by_segment: dict[str, list[int]] = {}
         for hit in hits:
             by_segment.setdefault(hit.segment_id, []).append(hit.vector_id)
@@ -154,7 +194,7 @@ class HotIndex:
         for live in manifest.segments:
             if vid in set(self.tombstones(live).tolist()):
                 continue
-            reader = self.reader(live.info)
+            reader = self.reader(live)
             ids = reader.chunks.column("vector_id").to_pylist()
             if vid in ids:
                 row = reader.rows([vid])[0]
@@ -223,6 +263,7 @@ class HotIndex:
                 chunking=request.chunking or base.chunking,
                 sources={**base.sources, **request.sources},
                 history=[*base.history, summary][-HISTORY_LIMIT:],
+                cold=base.cold,
             )
             self.store.publish(manifest)
             return CommitResult(generation, applied, stale, sum(len(v) for v in added.values()))
@@ -253,31 +294,103 @@ class HotIndex:
         fsync_dir(path.parent)
         return name
 
-    def compact(self, spec: IndexSpec | None = None) -> Manifest:
-        """Merge all live segments into one, dropping tombstoned vectors; one atomic commit."""
+    def doc_vectors(
+        self, states: list[DocState], manifest: Manifest | None = None
+    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """The chunk rows and vectors of canonical documents held in hot or warm segments, grouped by
+        document in the order given (what a move between tiers copies)."""
+        manifest = manifest or self.manifest()
+        lives = {live.info.segment_id: live for live in manifest.segments}
+        rows: list[dict[str, Any]] = []
+        parts: list[np.ndarray] = []
+        for state in states:
+            if state.segment_id not in lives:
+                raise IndexCorrupt(f"document {state.doc_id!r} names segment {state.segment_id}, not live")
+            reader = self.reader(lives[state.segment_id])
+            ids = doc_vector_ids(state.doc_id, state.n_chunks)
+            rows.extend(reader.rows(ids))
+            parts.append(np.vstack([reader.index.reconstruct(vid) for vid in ids]))
+        dim = manifest.segments[0].info.dim if manifest.segments else 0
+        vectors = np.vstack(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
+        return rows, vectors
+
+    def retier(self, request: RetierRequest) -> RetierResult:
+        """Publish a lifecycle run in one manifest: documents move between hot, warm and cold (or expire)
+        in the same commit that tombstones their old vectors, so every vector is findable exactly once
+        before and after it. A document whose committed state changed since the run planned its move is
+        skipped (its copies are tombstoned, or left invisible in the cold tier).
+        """
         with self._lock():
             base = self.manifest()
-            if len(base.segments) <= 1 and not any(seg.n_deleted for seg in base.segments):
-                return base
-            all_ids, all_vectors, all_rows = [], [], []
+            docs = dict(self.docs(base))
+            new_ids = {info.segment_id for info, _ in request.segments}
+            dead: dict[str, set[int]] = {}
+            applied, skipped = [], []
+            for move in request.moves:
+                doc_id = move.new.doc_id
+                current = docs.get(doc_id)
+                if current is None or _placement(current) != _placement(move.expected):
+                    skipped.append(doc_id)
+                    if move.new.segment_id in new_ids:
+                        dead.setdefault(move.new.segment_id, set()).update(
+                            doc_vector_ids(doc_id, move.new.n_chunks)
+                        )
+                    continue
+                if current.status == CANONICAL and current.segment_id:
+                    dead.setdefault(current.segment_id, set()).update(
+                        doc_vector_ids(doc_id, current.n_chunks)
+                    )
+                docs[doc_id] = move.new
+                applied.append(doc_id)
+            _resolve_canonical_links(docs)
+            generation = self._next_generation(base)
+            live = [
+                *base.segments,
+                *(LiveSegment(info, storage=storage) for info, storage in request.segments),
+            ]
+            segments = [
+                self._with_tombstones(seg, dead.get(seg.info.segment_id, set()), generation) for seg in live
+            ]
+            summary = {"generation": generation, "run_id": request.run_id, "committed_at": time.time()}
+            summary.update(request.summary, applied=len(applied), skipped=len(skipped))
+            manifest = Manifest(
+                generation=generation,
+                segments=[seg for seg in segments if seg.n_live > 0],
+                docs_file=self._write_docs(docs, generation),
+                embedding=base.embedding,
+                chunking=base.chunking,
+                sources=base.sources,
+                history=[*base.history, summary][-HISTORY_LIMIT:],
+                cold=request.cold or base.cold,
+            )
+            self.store.publish(manifest)
+            return RetierResult(generation, applied, skipped)
+
+    def compact(self, spec: IndexSpec | None = None) -> Manifest:
+        """Merge the live segments of each storage class (hot, warm) into one, dropping tombstoned vectors;
+        one atomic commit."""
+        with self._lock():
+            base = self.manifest()
+            groups: dict[str, list[LiveSegment]] = {}
             for live in base.segments:
-                reader = self.reader(live.info)
-                ids, vectors = index_vectors(reader.index)
-                keep = ~np.isin(ids, self.tombstones(live))
-                all_ids.append(ids[keep])
-                all_vectors.append(vectors[keep])
-                all_rows.extend(reader.rows(ids[keep].tolist()))
-            vectors = np.concatenate(all_vectors) if all_vectors else np.zeros((0, 0), np.float32)
-            spec = spec or IndexSpec.from_dict(base.segments[-1].info.index)
-            info = write_segment(self.segments_dir, all_rows, vectors, spec)
+                groups.setdefault(live.storage, []).append(live)
+            if all(len(g) <= 1 and not any(seg.n_deleted for seg in g) for g in groups.values()):
+                return base
+            merged: list[LiveSegment] = []
+            moved: dict[str, str] = {}
+            for storage, group in groups.items():
+                info = self._merge(group, spec)
+                moved.update((live.info.segment_id, info.segment_id) for live in group)
+                if info.n_vectors:
+                    merged.append(LiveSegment(info, storage=storage))
             docs = dict(self.docs(base))
             for state in docs.values():
-                if state.status == CANONICAL and state.segment_id:
-                    state.segment_id = info.segment_id
+                if state.status == CANONICAL and state.segment_id in moved:
+                    state.segment_id = moved[state.segment_id]
             generation = self._next_generation(base)
             manifest = Manifest(
                 generation=generation,
-                segments=[LiveSegment(info)] if info.n_vectors else [],
+                segments=merged,
                 docs_file=self._write_docs(docs, generation),
                 embedding=base.embedding,
                 chunking=base.chunking,
@@ -289,13 +402,27 @@ class HotIndex:
                         "run_id": "compaction",
                         "committed_at": time.time(),
                         "merged_segments": len(base.segments),
-                        "vectors": info.n_vectors,
+                        "vectors": sum(seg.info.n_vectors for seg in merged),
                     },
                 ][-HISTORY_LIMIT:],
+                cold=base.cold,
             )
             self.store.publish(manifest)
             self._docs_cache = None
             return manifest
+
+    def _merge(self, group: list[LiveSegment], spec: IndexSpec | None) -> SegmentInfo:
+        all_vectors, all_rows = [], []
+        for live in group:
+            reader = self.reader(live)
+            ids, vectors = index_vectors(reader.index)
+            keep = ~np.isin(ids, self.tombstones(live))
+            all_vectors.append(vectors[keep])
+            all_rows.extend(reader.rows(ids[keep].tolist()))
+        vectors = np.concatenate(all_vectors)
+        return write_segment(
+            self.segments_dir, all_rows, vectors, spec or IndexSpec.from_dict(group[-1].info.index)
+        )
 
     def collect_garbage(self, keep_generations: int = 5, min_age_s: float = 6 * 3600) -> list[Path]:
         """Delete files that neither the current manifest nor the newest ``keep_generations`` name.
@@ -345,6 +472,19 @@ def _is_stale(current: DocState, update: DocState) -> bool:
     same = (update.status, update.content_hash, update.canonical_id)
     return same == (current.status, current.content_hash, current.canonical_id) or (
         current.status == DELETED and update.status != DELETED
+    )
+
+
+def _placement(state: DocState) -> tuple[Any, ...]:
+    """What a lifecycle move must find unchanged to apply: the version, its content and where it lives."""
+    return (
+        state.version,
+        state.status,
+        state.content_hash,
+        state.canonical_id,
+        state.segment_id,
+        state.n_chunks,
+        state.cold_batch,
     )
 
 

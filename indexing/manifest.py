@@ -20,24 +20,45 @@ FORMAT_VERSION = 1
 CURRENT = "CURRENT"
 
 
+MEMORY = "memory"  # hot: the segment is read into RAM (and onto the GPU when there is one)
+MMAP = "mmap"  # warm: the segment is memory-mapped from flash; the page cache holds what is touched
+STORAGES = (MEMORY, MMAP)
+
+
 @dataclass
 class LiveSegment:
-    """A segment as the manifest names it, with the file of vector ids deleted from it (if any)."""
+    """A segment as the manifest names it, with the file of vector ids deleted from it (if any) and how it
+    is served (``storage``: :data:`MEMORY` for the hot tier, :data:`MMAP` for the warm tier)."""
 
     info: SegmentInfo
     tombstones: str | None = None
     n_deleted: int = 0
+    storage: str = MEMORY
+
+    @property
+    def tier(self) -> str:
+        return "warm" if self.storage == MMAP else "hot"
 
     @property
     def n_live(self) -> int:
         return self.info.n_vectors - self.n_deleted
 
     def to_dict(self) -> dict[str, Any]:
-        return {"info": self.info.to_dict(), "tombstones": self.tombstones, "n_deleted": self.n_deleted}
+        return {
+            "info": self.info.to_dict(),
+            "tombstones": self.tombstones,
+            "n_deleted": self.n_deleted,
+            "storage": self.storage,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LiveSegment:
-        return cls(SegmentInfo.from_dict(data["info"]), data.get("tombstones"), data.get("n_deleted", 0))
+        return cls(
+            SegmentInfo.from_dict(data["info"]),
+            data.get("tombstones"),
+            data.get("n_deleted", 0),
+            data.get("storage", MEMORY),
+        )
 
 
 @dataclass
@@ -52,6 +73,8 @@ class Manifest:
         chunking: The chunking settings the vectors were made with.
         sources: Source positions contained in this state (stream key -> position), for resuming.
         history: Summaries of the commits that led here, newest last (bounded).
+        cold: Where the cold tier of this index lives (``uri``, ``table``, ``vector_dtype``), once a
+            lifecycle run has moved vectors there.
     """
 
     generation: int = 0
@@ -61,6 +84,7 @@ class Manifest:
     chunking: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    cold: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
 
     @property
@@ -78,6 +102,7 @@ class Manifest:
             "chunking": self.chunking,
             "sources": self.sources,
             "history": self.history,
+            "cold": self.cold,
         }
 
     @classmethod
@@ -92,6 +117,7 @@ class Manifest:
             chunking=data.get("chunking", {}),
             sources=data.get("sources", {}),
             history=data.get("history", []),
+            cold=data.get("cold", {}),
             created_at=data.get("created_at", 0.0),
         )
 

@@ -113,7 +113,8 @@ class SegmentReader:
     Args:
         seg_dir: The segment's directory.
         info: Its manifest entry (carries the expected checksums).
-        mmap: Memory-map the FAISS file instead of reading it into RAM (warm tier).
+        mmap: Memory-map the FAISS file instead of reading it into RAM (warm tier): the vectors (and an
+            HNSW graph) stay in the page cache, which the kernel evicts under memory pressure.
     """
 
     def __init__(self, seg_dir: Path, info: SegmentInfo, mmap: bool = False) -> None:
@@ -142,7 +143,9 @@ class SegmentReader:
             import faiss
 
             path = self._verified(INDEX_FILE)
-            flags = faiss.IO_FLAG_MMAP if self.mmap else 0
+            # IO_FLAG_MMAP_IFC maps the flat codes of Flat and HNSW storage (IO_FLAG_MMAP alone maps only
+            # inverted lists and would read a flat segment into RAM).
+            flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if self.mmap else 0
             try:
                 self._index = faiss.read_index(str(path), flags)
             except RuntimeError as err:

@@ -1,4 +1,4 @@
-"""The ``tierflow`` command: ingest, search, lineage, eval, compact, gc, demo and bench.
+"""The ``tierflow`` command: ingest, search, lineage, eval, lifecycle, storage, compact, gc, demo and bench.
 
 Beam pipeline options (``--runner``, ``--dask_client_address``, ``--direct_num_workers`` ...) are passed
 through to Beam unchanged: anything tierflow does not know is Beam's.
@@ -119,16 +119,26 @@ def cmd_ingest(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
-def _searcher(args: argparse.Namespace) -> Any:
+def _cold_config(args: argparse.Namespace) -> Any:
+    from indexing.cold import ColdConfig
+    from tierflow.config import load_settings
+
+    overrides = {"uri": args.cold} if getattr(args, "cold", None) else {}
+    return load_settings(ColdConfig, "cold", getattr(args, "config", None), overrides)
+
+
+def _searcher(args: argparse.Namespace, track_access: bool = False) -> Any:
     from indexing.hot import HotIndex
     from indexing.search import Searcher
 
     config = _config(args)
-    return Searcher(HotIndex(config.index_dir), config.embedding)
+    return Searcher(HotIndex(config.index_dir), config.embedding, _cold_config(args), track_access)
 
 
 def cmd_search(args: argparse.Namespace, _: list[str]) -> int:
-    results = _searcher(args).search(args.query, args.k)
+    searcher = _searcher(args, track_access=True)
+    results = searcher.search(args.query, args.k)
+    searcher.close()
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
         return 0
@@ -318,6 +328,38 @@ def cmd_webhook_serve(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def cmd_lifecycle(args: argparse.Namespace, _: list[str]) -> int:
+    from indexing.hot import HotIndex
+    from lifecycle.policy import LifecycleConfig, plan_lifecycle
+    from lifecycle.render import as_of, print_plan, print_run
+    from lifecycle.run import run_lifecycle
+    from tierflow.config import load_settings
+
+    index_dir = _config(args).index_dir
+    policy = load_settings(LifecycleConfig, "lifecycle", args.config)
+    cold = _cold_config(args)
+    now = as_of(args.as_of)
+    if args.lifecycle_command == "plan":
+        plan = plan_lifecycle(HotIndex(index_dir), policy, now)
+        if args.json:
+            print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+        else:
+            print_plan(plan, args.limit)
+        return 0
+    summary = run_lifecycle(index_dir, policy, cold, now, progress=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(summary, indent=2, sort_keys=True)) if args.json else print_run(summary)
+    return 0
+
+
+def cmd_storage_report(args: argparse.Namespace, _: list[str]) -> int:
+    from lifecycle.report import storage_report
+
+    report = storage_report(Path(_config(args).index_dir), _cold_config(args), Path(args.out))
+    print(report["markdown"])
+    print(f"wrote {', '.join(report['files'])}", file=sys.stderr)
+    return 0
+
+
 def cmd_compact(args: argparse.Namespace, _: list[str]) -> int:
     from indexing.hot import HotIndex
 
@@ -476,6 +518,32 @@ def parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--bootstrap", help="Kafka bootstrap servers for --topic (default: [kafka])")
     serve_cmd.add_argument("--index", help="hot-tier directory for --ingest")
     serve_cmd.set_defaults(func=cmd_webhook_serve)
+
+    lifecycle = sub.add_parser("lifecycle", help="age documents between hot, warm and cold by policy")
+    lifecycle_sub = lifecycle.add_subparsers(dest="lifecycle_command", required=True)
+    for name, text in (
+        ("plan", "show what would move and why (changes nothing)"),
+        ("run", "move documents between tiers: copy, verify, commit, clean up (what a scheduler calls)"),
+    ):
+        cmd = lifecycle_sub.add_parser(name, help=text)
+        cmd.add_argument("--as-of", help="evaluate policies at this time: ISO date/time or +30d from now")
+        cmd.add_argument("--cold", help="cold tier: directory or s3://bucket/prefix (default: [cold] uri)")
+        cmd.add_argument("--json", action="store_true", help="print the plan or summary as JSON")
+        cmd.add_argument("--limit", type=int, default=20, help="plan: moves listed (all with --json)")
+        _add_index_args(cmd)
+        cmd.set_defaults(func=cmd_lifecycle)
+
+    storage = sub.add_parser("storage", help="storage of each tier")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True)
+    report_cmd = storage_sub.add_parser(
+        "report", help="vectors, bytes, flash saved, oldest/newest per tier; plot of tier sizes over runs"
+    )
+    report_cmd.add_argument(
+        "--out", default="tierflow-data/storage-report", help="folder for the report files"
+    )
+    report_cmd.add_argument("--cold", help="cold tier settings override: directory or s3://bucket/prefix")
+    _add_index_args(report_cmd)
+    report_cmd.set_defaults(func=cmd_storage_report)
 
     compact = sub.add_parser("compact", help="merge segments and drop deleted vectors")
     _add_index_args(compact)

@@ -141,7 +141,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         sequences = [a for a in options if typing.get_origin(a) in (tuple, list)]
         hint = sequences[0] if isinstance(value, list) and sequences else options[0]
     if typing.get_origin(hint) in (tuple, list) and isinstance(value, list):
-        return typing.get_origin(hint)(value)
+        item = typing.get_args(hint)[0] if typing.get_args(hint) else Any
+        return typing.get_origin(hint)(
+            _coerce(v, item, f"{where}[{i}]") if dataclasses.is_dataclass(item) else v
+            for i, v in enumerate(value)
+        )
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table of settings, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table of settings, got {value!r}")
@@ -197,6 +205,8 @@ COMPONENT_SECTIONS = (
     "webhook",
     "kafka",
     "postgres",
+    "cold",
+    "lifecycle",
 )  # read by their components' own loaders, not by the ingest config
 
 

@@ -1,0 +1,215 @@
+"""S3 for every component that talks to it: one boto3 client per endpoint, vendor errors in the project's terms.
+
+The file connector reads sources through it; the cold tier checks its bucket and resolves the credentials
+that LanceDB's object store is given. botocore errors are translated at this boundary into
+:class:`~tierflow.errors.ConfigError` for what configuration must fix (a missing bucket, no credentials,
+an unreachable endpoint), :class:`ObjectUnreadable` for one object that cannot be read, and
+:class:`ObjectStoreUnavailable` for what a retry may fix. Each keeps the uri it was about.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from tierflow.errors import ConfigError, Terminal, TierflowError, Transient
+
+S3_SCHEME = "s3://"
+
+# S3 error codes that a retry may fix; every 5xx counts as well.
+_TRANSIENT_S3_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+    }
+)
+_CREDENTIAL_S3_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
+)
+MISSING_S3_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+
+
+class ObjectStoreError(TierflowError):
+    """An object store call failed; ``uri`` names the object or prefix it was about.
+
+    Args:
+        uri: The object or prefix.
+        message: What went wrong.
+    """
+
+    def __init__(self, uri: str, message: str) -> None:
+        super().__init__(uri, message)
+        self.uri = uri
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.uri}: {self.message}"
+
+
+class ObjectUnreadable(ObjectStoreError, Terminal):
+    """This one object cannot be read (gone, a directory, refused, permission denied); retrying won't help."""
+
+
+class ObjectStoreUnavailable(ObjectStoreError, Transient):
+    """The store failed in a way a retry may fix (a 5xx, throttling, a dropped connection)."""
+
+
+def is_s3_uri(path: str) -> bool:
+    return path.startswith(S3_SCHEME)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``.
+
+    Raises:
+        ConfigError: The uri names no bucket.
+    """
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri!r} names no bucket: write it as s3://bucket/prefix")
+    return bucket, key
+
+
+# One client per endpoint, region and credential source, shared by the threads of a worker process:
+# botocore clients are thread-safe, making them is not, and a new session costs ~0.1 s.
+_CLIENTS: dict[tuple[str | None, ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+
+
+def s3_client(endpoint_url: str | None, region: str | None) -> Any:
+    key = (endpoint_url, region, *(os.environ.get(name) for name in _CREDENTIAL_ENV))
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=region,
+                config=Config(
+                    connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}
+                ),
+            )
+            _CLIENTS[key] = client
+    return client
+
+
+def s3_code(err: Any) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def s3_status(err: Any) -> int:
+    return int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def translate_s3_error(
+    err: Exception, uri: str, *, listing: bool, endpoint_url: str | None = None
+) -> TierflowError:
+    """A botocore error as the project's own, keeping the uri.
+
+    Args:
+        err: The botocore exception.
+        uri: The object or prefix the call was about.
+        listing: True while resolving the source (configuration time): an unreachable endpoint or a
+            denied listing is then a configuration error; while reading an object it is transient or
+            that object's own problem.
+        endpoint_url: The endpoint in use, named in messages.
+
+    Returns:
+        A :class:`ConfigError`, :class:`ObjectUnreadable` or :class:`ObjectStoreUnavailable`.
+    """
+    from botocore import exceptions as boto
+
+    endpoint = endpoint_url or "the default AWS endpoint"
+    if isinstance(
+        err, boto.NoCredentialsError | boto.PartialCredentialsError | boto.CredentialRetrievalError
+    ):
+        return ConfigError(
+            f"no usable AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            f"or AWS_PROFILE, or run with an instance/role profile ({err})"
+        )
+    if isinstance(err, boto.ParamValidationError):
+        return ConfigError(f"invalid S3 location {uri!r}: {err}")
+    if isinstance(err, boto.EndpointConnectionError | boto.ConnectTimeoutError):
+        if listing:
+            return ConfigError(
+                f"cannot reach the S3 endpoint {endpoint} for {uri}: check s3_endpoint_url / "
+                f"AWS_ENDPOINT_URL and the network ({err})"
+            )
+        return ObjectStoreUnavailable(uri, f"cannot reach the S3 endpoint {endpoint}: {err}")
+    if isinstance(err, boto.ClientError):
+        code, status = s3_code(err), s3_status(err)
+        bucket = split_s3_uri(uri)[0]
+        if code == "NoSuchBucket":
+            return ConfigError(
+                f"bucket {bucket!r} does not exist at {endpoint} (path {uri}): create it or fix path"
+            )
+        if code in _CREDENTIAL_S3_CODES:
+            return ConfigError(
+                f"the AWS credentials were rejected for {uri} ({code}): check the access key and secret"
+            )
+        if status >= 500 or code in _TRANSIENT_S3_CODES:
+            return ObjectStoreUnavailable(uri, f"S3 error {code or status}: {err}")
+        if listing:
+            hint = "check the credentials and the bucket policy" if status == 403 else "check path"
+            return ConfigError(f"cannot list {uri} at {endpoint} ({code or status}): {hint}")
+        return ObjectUnreadable(uri, f"S3 error {code or status}: {err}")
+    return ObjectStoreUnavailable(uri, f"S3 request failed: {err}")
+
+
+def check_prefix(uri: str, endpoint_url: str | None, region: str | None) -> None:
+    """Fail with a :class:`ConfigError` unless the bucket of ``uri`` exists, is reachable and the credentials
+    may list ``uri``: the check a job makes before it moves anything.
+    """
+    bucket, key = split_s3_uri(uri)
+    client = s3_client(endpoint_url, region)
+    try:
+        client.head_bucket(Bucket=bucket)
+        client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    except Exception as err:  # botocore raises many unrelated classes; translate them all
+        translated = translate_s3_error(err, uri, listing=True, endpoint_url=endpoint_url)
+        if isinstance(translated, ConfigError):
+            raise translated from None
+        if s3_status(err) == 404:
+            raise ConfigError(
+                f"bucket {bucket!r} does not exist at {endpoint_url or 'the default AWS endpoint'} "
+                f"(path {uri}): create it or fix the path"
+            ) from None
+        raise translated from err
+
+
+def resolved_credentials(endpoint_url: str | None, region: str | None) -> dict[str, str]:
+    """The credentials and region boto3 resolves (environment, profile, instance role), as the settings
+    an object-store client outside boto3 (LanceDB's) takes: ``aws_access_key_id`` ... ``aws_endpoint``.
+
+    Raises:
+        ConfigError: No credentials can be found.
+    """
+    import boto3
+
+    session = boto3.session.Session(region_name=region or None)
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise ConfigError(
+            "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+            "or run with an instance/role profile"
+        )
+    frozen = credentials.get_frozen_credentials()
+    options = {"aws_access_key_id": frozen.access_key, "aws_secret_access_key": frozen.secret_key}
+    if frozen.token:
+        options["aws_session_token"] = frozen.token
+    options["aws_region"] = session.region_name or "us-east-1"
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["aws_endpoint"] = endpoint
+        if endpoint.startswith("http://"):
+            options["allow_http"] = "true"
+    return options
