@@ -264,7 +264,8 @@ class ColdStore:
             table.delete(f"batch = {quote(batch)} AND doc_id IN ({ids})")
 
     # ---- reading -------------------------------------------------------------------------------
-    def _scan(self, where: str, columns: list[str]) -> pa.Table:
+    def scan(self, where: str, columns: list[str]) -> pa.Table:
+        """Rows matching ``where`` (a Lance SQL filter), only ``columns``; empty before the first move."""
         table = self.table()
         if table is None:
             return pa.table({c: [] for c in columns})
@@ -272,7 +273,7 @@ class ColdStore:
 
     def batch_digest(self, batch: str) -> tuple[int, str]:
         """Row count and :func:`digest` of what the table holds under ``batch``."""
-        found = self._scan(f"batch = {quote(batch)}", ["vector_id", "chunk_id", "content_hash", "vector"])
+        found = self.scan(f"batch = {quote(batch)}", ["vector_id", "chunk_id", "content_hash", "vector"])
         rows = found.select(["vector_id", "chunk_id", "content_hash"]).to_pylist()
         return len(rows), digest(rows, self._vectors(found))
 
@@ -287,7 +288,7 @@ class ColdStore:
         for start in range(0, len(doc_ids), IN_LIST):
             ids = ", ".join(quote(d) for d in doc_ids[start : start + IN_LIST])
             parts.append(
-                self._scan(f"batch = {quote(batch)} AND doc_id IN ({ids})", [*ROW_COLUMNS, "vector"])
+                self.scan(f"batch = {quote(batch)} AND doc_id IN ({ids})", [*ROW_COLUMNS, "vector"])
             )
         if not parts:
             return [], np.zeros((0, 0), np.float32)
@@ -296,7 +297,7 @@ class ColdStore:
 
     def placements(self) -> dict[str, set[str]]:
         """Batch -> doc ids of every row in the table (what cleanup compares with the manifests)."""
-        found = self._scan("true", ["batch", "doc_id"])
+        found = self.scan("true", ["batch", "doc_id"])
         out: dict[str, set[str]] = {}
         for batch, doc_id in zip(
             found.column("batch").to_pylist(), found.column("doc_id").to_pylist(), strict=True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +83,46 @@ def canonical_ids(index_dir: Path) -> set[str]:
 
 def top_doc(index_dir: Path, query: str, cfg: IngestConfig, k: int = 5) -> list[str]:
     return [r.doc_id for r in Searcher(HotIndex(index_dir), cfg.embedding).search(query, k)]
+
+
+def tier_counts(index_dir: Path, cold: Any = None) -> Counter[int]:
+    """How many times each vector id is findable: live in a hot/warm segment, or a cold row whose batch the
+    committed document table names. A correct index has every canonical document's vectors exactly once."""
+    from indexing.cold import ColdConfig, ColdStore
+
+    index = HotIndex(index_dir)
+    manifest = index.manifest()
+    counts: Counter[int] = Counter()
+    for live in manifest.segments:
+        dead = set(index.tombstones(live).tolist())
+        counts.update(v for v in index.reader(live).chunks.column("vector_id").to_pylist() if v not in dead)
+    docs = index.docs(manifest)
+    if manifest.cold:
+        config = cold or ColdConfig()
+        store = ColdStore(replace(config, **{k: manifest.cold[k] for k in ("uri", "table", "vector_dtype")}))
+        rows = store.scan("true", ["vector_id", "doc_id", "batch"]).to_pylist()
+        counts.update(
+            r["vector_id"]
+            for r in rows
+            if docs.get(r["doc_id"]) is not None
+            and docs[r["doc_id"]].status == CANONICAL
+            and docs[r["doc_id"]].cold_batch == r["batch"]
+        )
+    return counts
+
+
+def assert_exactly_once(index_dir: Path, cold: Any = None, expect_docs: set[str] | None = None) -> None:
+    """Every canonical document's vectors are findable exactly once, and nothing else is."""
+    from indexing.hot import doc_vector_ids
+
+    counts = tier_counts(index_dir, cold)
+    docs = HotIndex(index_dir).docs()
+    wanted: set[int] = set()
+    for state in docs.values():
+        if state.status == CANONICAL:
+            wanted.update(doc_vector_ids(state.doc_id, state.n_chunks))
+    twice = {v: n for v, n in counts.items() if n > 1}
+    assert not twice, f"{len(twice)} vector(s) findable more than once"
+    assert set(counts) == wanted, f"lost {len(wanted - set(counts))}, unexpected {len(set(counts) - wanted)}"
+    if expect_docs is not None:
+        assert {d for d, s in docs.items() if s.status == CANONICAL} == expect_docs

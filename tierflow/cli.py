@@ -385,6 +385,12 @@ def cmd_demo(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, beam_args: list[str]) -> int:
+    if args.kind == "lifecycle":
+        from lifecycle.bench import bench_lifecycle
+
+        report = bench_lifecycle(args.vectors, Path(args.out), queries=args.queries)
+        print(json.dumps(report, indent=2))
+        return 0
     if args.kind == "stream":
         from pipelines.bench_stream import bench_stream
 
@@ -562,14 +568,20 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser(
-        "bench", help="ingest: pipeline vs bare encode, same process; stream: produce-to-searchable latency"
+        "bench",
+        help="ingest: pipeline vs bare encode, same process; stream: produce-to-searchable latency; "
+        "lifecycle: hot-only vs federated search latency and recall, cost of a lifecycle run",
     )
-    bench.add_argument("kind", nargs="?", choices=("ingest", "stream"), default="ingest")
+    bench.add_argument("kind", nargs="?", choices=("ingest", "stream", "lifecycle"), default="ingest")
     bench.add_argument("--rate", type=float, default=50.0, help="stream: documents per second")
     bench.add_argument("--duration", type=float, default=30.0, help="stream: seconds of producing")
     bench.add_argument("--bootstrap", help="stream: an existing Kafka broker (default: a local Tansu)")
     bench.add_argument("--dataset", default="../shared/data/scifact")
     bench.add_argument("--limit", type=int, default=0, help="documents to use (0 = all)")
+    bench.add_argument(
+        "--vectors", type=int, default=120_000, help="lifecycle: vectors in the synthetic index (half go cold)"
+    )
+    bench.add_argument("--queries", type=int, default=200, help="lifecycle: queries, searched one at a time")
     bench.add_argument("--out", default="tierflow-data/bench")
     bench.set_defaults(func=cmd_bench)
     return root

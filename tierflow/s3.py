@@ -175,14 +175,14 @@ def check_prefix(uri: str, endpoint_url: str | None, region: str | None) -> None
         client.head_bucket(Bucket=bucket)
         client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
     except Exception as err:  # botocore raises many unrelated classes; translate them all
-        translated = translate_s3_error(err, uri, listing=True, endpoint_url=endpoint_url)
-        if isinstance(translated, ConfigError):
-            raise translated from None
-        if s3_status(err) == 404:
+        if hasattr(err, "response") and (s3_status(err) == 404 or s3_code(err) in ("404", "NoSuchBucket")):
             raise ConfigError(
                 f"bucket {bucket!r} does not exist at {endpoint_url or 'the default AWS endpoint'} "
                 f"(path {uri}): create it or fix the path"
             ) from None
+        translated = translate_s3_error(err, uri, listing=True, endpoint_url=endpoint_url)
+        if isinstance(translated, ConfigError):
+            raise translated from None
         raise translated from err
 
 
