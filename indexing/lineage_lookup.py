@@ -54,11 +54,22 @@ def lineage_of(root: Path, ident: str) -> dict[str, Any] | None:
             )
     elif state.status == CANONICAL:
         record["segment_id"] = state.segment_id
+        record["tier"] = _tier(index, state.segment_id, state.cold_batch, manifest.cold)
         record["vectors"] = _vectors(index, state.doc_id, state.segment_id, state.n_chunks)
         record["duplicates"] = sorted(
             d.doc_id for d in docs.values() if d.status == DUPLICATE and d.canonical_id == state.doc_id
         )
     return record
+
+
+def _tier(
+    index: HotIndex, segment_id: str | None, cold_batch: str | None, cold: dict[str, Any]
+) -> dict[str, Any]:
+    """Which tier holds a canonical document's vectors: hot or warm (a segment) or cold (a Lance batch)."""
+    if cold_batch:
+        return {"tier": "cold", "batch": cold_batch, "uri": cold.get("uri"), "table": cold.get("table")}
+    live = {seg.info.segment_id: seg for seg in index.manifest().segments}
+    return {"tier": live[segment_id].tier if segment_id in live else "unknown", "segment_id": segment_id}
 
 
 def _vectors(index: HotIndex, doc_id: str, segment_id: str | None, n_chunks: int) -> list[dict[str, Any]]:

@@ -66,7 +66,9 @@ def _stderr(line: str) -> None:
     print(f"bench lifecycle: {line}", file=sys.stderr, flush=True)
 
 
-def _timed(search: Callable[[np.ndarray], list[list[int]]], queries: np.ndarray) -> tuple[list[float], list[list[int]]]:
+def _timed(
+    search: Callable[[np.ndarray], list[list[int]]], queries: np.ndarray
+) -> tuple[list[float], list[list[int]]]:
     """Search ``queries`` one at a time after a few warm-up queries; seconds and top vector ids per query."""
     for query in queries[:WARM_UP_QUERIES]:
         search(query[None, :])
@@ -224,7 +226,9 @@ def _run(
     flash_before = tier_stats(index, None)["flash_bytes"]
     searcher = Searcher(index, EmbeddingConfig(), cold=cold_config)
     say(f"hot-only search: {n_queries} queries one at a time, k={K}")
-    hot_s, hot_found = _timed(lambda q: [[h.vector_id for h in r] for r in searcher.chunk_search(q, K)], queries)
+    hot_s, hot_found = _timed(
+        lambda q: [[h.vector_id for h in r] for r in searcher.chunk_search(q, K)], queries
+    )
     latency = {"hot_only": _latency(hot_s)}
     recall = {"hot_only": recall_at_k(hot_found, exact_all)}
     say(f"hot-only: p50 {latency['hot_only']['p50_ms']} ms, p99 {latency['hot_only']['p99_ms']} ms")

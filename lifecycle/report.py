@@ -132,7 +132,11 @@ def _plot(history: list[dict[str, Any]], now: dict[str, Any], path: Path) -> Non
     bottom.set_ylabel("MiB")
     bottom.set_xlabel("lifecycle run")
     bottom.legend(loc="upper left")
-    bottom.set_xticks(runs, [f"g{p['generation']}" for p in points], rotation=45)
+    labels = [
+        "start" if p.get("run") is None and i == 0 else f"run {i}\ngen {p['generation']}"
+        for i, p in enumerate(points)
+    ]
+    bottom.set_xticks(runs, labels, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -44,7 +44,7 @@ from indexing.hot import HotIndex, Retier, RetierRequest
 from indexing.manifest import MEMORY, MMAP, Manifest
 from indexing.segment import SegmentInfo, write_segment
 from lifecycle.policy import COLD, DELETE, HOT, WARM, LifecycleConfig, Move, Plan, plan_lifecycle
-from lifecycle.stats import append_history, tier_stats
+from lifecycle.stats import append_history, read_history, tier_stats
 from tierflow.errors import ConfigError, IndexConflict, IndexCorrupt
 from tierflow.failpoints import failpoint
 
@@ -283,6 +283,10 @@ def run_lifecycle(
         if resumed is not None:
             manifest = index.manifest()
             plan = plan_lifecycle(index, config, now)
+        if not read_history(index):  # the first run also records where the tiers started from
+            append_history(
+                index, {**tier_stats(index, store if manifest.cold else None), "run": None, "moved": {}}
+            )
         result = _execute(index, store, config, plan, manifest, timings, say) if plan.moves else None
         step = time.perf_counter()
         cleanup = _cleanup(index, store if (touches_cold or result) else None, config, say)

@@ -354,7 +354,7 @@ def test_searches_record_access_and_storage_report_plots_history(tmp_path: Path)
     now = report["now"]
     assert now["tiers"]["cold"]["vectors"] == 20 and now["tiers"]["warm"]["vectors"] == 20
     assert now["tiers"]["cold"]["object_bytes"] > 0 and now["flash_saved_bytes"] > 0
-    assert len(read_history(HotIndex(tmp_path / "hot"))) == 2
+    assert len(read_history(HotIndex(tmp_path / "hot"))) == 3  # where the tiers started, then two runs
     assert "| cold | 10 | 20 |" in report["markdown"]
 
     searcher = Searcher(HotIndex(tmp_path / "hot"), EmbeddingConfig(), cold, track_access=True)
