@@ -21,7 +21,7 @@ import datetime
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from tierflow.errors import ConfigError, IncompatibleIndex
-from tierflow.s3 import check_prefix, is_s3_uri, resolved_credentials
+from tierflow.s3 import Credentials, check_prefix, is_s3_uri, resolved_credentials
 
 DTYPES = {"float16": (pa.float16(), np.float16), "float32": (pa.float32(), np.float32)}
 INDEX_KINDS = ("flat", "ivf_pq")
@@ -56,9 +56,13 @@ class ColdConfig:
         region: S3 region; empty takes it from the AWS environment/config.
         version_retention_s: Old table versions younger than this are kept, so that searches holding
             them finish; older ones are removed by the lifecycle run's cleanup.
+        profile: A named AWS profile (empty: the usual chain).
+        access_key_id, secret_access_key, session_token: Keys (prefer ``TIERFLOW__COLD__...`` variables
+            to a file); empty: the usual chain.
 
-    Credentials come from the usual AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
-    ``AWS_PROFILE``, an instance role), resolved by boto3 and handed to LanceDB's object store.
+    Credentials come from the configuration when given, else from the usual AWS chain
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, an instance role), resolved by
+    boto3 and handed to LanceDB's object store.
     """
 
     uri: str = "tierflow-data/cold"
@@ -73,6 +77,14 @@ class ColdConfig:
     endpoint_url: str = ""
     region: str = ""
     version_retention_s: float = 3600.0
+    profile: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = field(default="", repr=False)
+    session_token: str = field(default="", repr=False)
+
+    @property
+    def credentials(self) -> Credentials:
+        return Credentials(self.profile, self.access_key_id, self.secret_access_key, self.session_token)
 
     def __post_init__(self) -> None:
         if self.vector_dtype not in DTYPES:
@@ -163,14 +175,21 @@ class ColdStore:
     def _storage_options(self) -> dict[str, str]:
         if not is_s3_uri(self.config.uri):
             return {}
-        return resolved_credentials(self.config.endpoint_url or None, self.config.region or None)
+        return resolved_credentials(
+            self.config.endpoint_url or None, self.config.region or None, self.config.credentials
+        )
 
     def check(self) -> None:
         """Fail with a :class:`ConfigError` unless the tier is usable: the bucket exists and is reachable
         with usable credentials, or the local directory can be created and written."""
         if is_s3_uri(self.config.uri):
             self._storage_options()  # raises when there are no credentials at all
-            check_prefix(self.config.uri, self.config.endpoint_url or None, self.config.region or None)
+            check_prefix(
+                self.config.uri,
+                self.config.endpoint_url or None,
+                self.config.region or None,
+                self.config.credentials,
+            )
             return
         path = Path(self.config.uri)
         try:
@@ -287,9 +306,7 @@ class ColdStore:
         parts = []
         for start in range(0, len(doc_ids), IN_LIST):
             ids = ", ".join(quote(d) for d in doc_ids[start : start + IN_LIST])
-            parts.append(
-                self.scan(f"batch = {quote(batch)} AND doc_id IN ({ids})", [*ROW_COLUMNS, "vector"])
-            )
+            parts.append(self.scan(f"batch = {quote(batch)} AND doc_id IN ({ids})", [*ROW_COLUMNS, "vector"]))
         if not parts:
             return [], np.zeros((0, 0), np.float32)
         found = pa.concat_tables(parts).sort_by([("doc_id", "ascending"), ("ordinal", "ascending")])

@@ -579,7 +579,10 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--dataset", default="../shared/data/scifact")
     bench.add_argument("--limit", type=int, default=0, help="documents to use (0 = all)")
     bench.add_argument(
-        "--vectors", type=int, default=120_000, help="lifecycle: vectors in the synthetic index (half go cold)"
+        "--vectors",
+        type=int,
+        default=120_000,
+        help="lifecycle: vectors in the synthetic index (half go cold)",
     )
     bench.add_argument("--queries", type=int, default=200, help="lifecycle: queries, searched one at a time")
     bench.add_argument("--out", default="tierflow-data/bench")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from tierflow.errors import ConfigError, Terminal, TierflowError, Transient
@@ -77,20 +78,50 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 # One client per endpoint, region and credential source, shared by the threads of a worker process:
 # botocore clients are thread-safe, making them is not, and a new session costs ~0.1 s.
-_CLIENTS: dict[tuple[str | None, ...], Any] = {}
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 _CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
 
 
-def s3_client(endpoint_url: str | None, region: str | None) -> Any:
-    key = (endpoint_url, region, *(os.environ.get(name) for name in _CREDENTIAL_ENV))
+@dataclass(frozen=True)
+class Credentials:
+    """Credentials given in configuration instead of the AWS chain: a named profile, or keys (for MinIO and
+    other S3 APIs). Empty fields mean "use the usual AWS variables, profile or instance role"."""
+
+    profile: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = field(default="", repr=False)
+    session_token: str = field(default="", repr=False)
+
+    def session_kwargs(self) -> dict[str, str]:
+        if self.access_key_id or self.secret_access_key:
+            if not (self.access_key_id and self.secret_access_key):
+                raise ConfigError("give both access_key_id and secret_access_key, or neither")
+            keys = {"aws_access_key_id": self.access_key_id, "aws_secret_access_key": self.secret_access_key}
+            return {**keys, **({"aws_session_token": self.session_token} if self.session_token else {})}
+        return {"profile_name": self.profile} if self.profile else {}
+
+
+def _session(region: str | None, credentials: Credentials | None) -> Any:
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        return boto3.session.Session(
+            region_name=region or None, **(credentials or Credentials()).session_kwargs()
+        )
+    except ProfileNotFound as err:
+        raise ConfigError(f"AWS profile not found: {err}") from None
+
+
+def s3_client(endpoint_url: str | None, region: str | None, credentials: Credentials | None = None) -> Any:
+    key = (endpoint_url, region, credentials, *(os.environ.get(name) for name in _CREDENTIAL_ENV))
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
-            import boto3
             from botocore.config import Config
 
-            client = boto3.session.Session().client(
+            client = _session(region, credentials).client(
                 "s3",
                 endpoint_url=endpoint_url,
                 region_name=region,
@@ -165,12 +196,14 @@ def translate_s3_error(
     return ObjectStoreUnavailable(uri, f"S3 request failed: {err}")
 
 
-def check_prefix(uri: str, endpoint_url: str | None, region: str | None) -> None:
+def check_prefix(
+    uri: str, endpoint_url: str | None, region: str | None, credentials: Credentials | None = None
+) -> None:
     """Fail with a :class:`ConfigError` unless the bucket of ``uri`` exists, is reachable and the credentials
     may list ``uri``: the check a job makes before it moves anything.
     """
     bucket, key = split_s3_uri(uri)
-    client = s3_client(endpoint_url, region)
+    client = s3_client(endpoint_url, region, credentials)
     try:
         client.head_bucket(Bucket=bucket)
         client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
@@ -186,23 +219,23 @@ def check_prefix(uri: str, endpoint_url: str | None, region: str | None) -> None
         raise translated from err
 
 
-def resolved_credentials(endpoint_url: str | None, region: str | None) -> dict[str, str]:
+def resolved_credentials(
+    endpoint_url: str | None, region: str | None, credentials: Credentials | None = None
+) -> dict[str, str]:
     """The credentials and region boto3 resolves (environment, profile, instance role), as the settings
     an object-store client outside boto3 (LanceDB's) takes: ``aws_access_key_id`` ... ``aws_endpoint``.
 
     Raises:
         ConfigError: No credentials can be found.
     """
-    import boto3
-
-    session = boto3.session.Session(region_name=region or None)
-    credentials = session.get_credentials()
-    if credentials is None:
+    session = _session(region, credentials)
+    found = session.get_credentials()
+    if found is None:
         raise ConfigError(
             "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
-            "or run with an instance/role profile"
+            "or run with an instance/role profile (or set them in the configuration)"
         )
-    frozen = credentials.get_frozen_credentials()
+    frozen = found.get_frozen_credentials()
     options = {"aws_access_key_id": frozen.access_key, "aws_secret_access_key": frozen.secret_key}
     if frozen.token:
         options["aws_session_token"] = frozen.token
