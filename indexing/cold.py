@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from indexing.segment import CHUNK_SCHEMA
 from tierflow.errors import ConfigError, IncompatibleIndex
-from tierflow.s3 import Credentials, check_prefix, is_s3_uri, resolved_credentials
+from tierflow.s3 import Credentials, ObjectStoreUnavailable, check_prefix, is_s3_uri, resolved_credentials
 
 DTYPES = {"float16": (pa.float16(), np.float16), "float32": (pa.float32(), np.float32)}
 INDEX_KINDS = ("flat", "ivf_pq")
@@ -115,15 +116,10 @@ class ColdHit:
 
 
 def cold_schema(dim: int, dtype: str) -> pa.Schema:
+    """A hot segment's chunk columns, the document's metadata and lineage, the batch, and the vector."""
     return pa.schema(
         [
-            ("vector_id", pa.int64()),
-            ("chunk_id", pa.string()),
-            ("doc_id", pa.string()),
-            ("ordinal", pa.int32()),
-            ("text", pa.string()),
-            ("content_hash", pa.string()),
-            ("lineage", pa.string()),
+            *CHUNK_SCHEMA,
             ("metadata", pa.string()),
             ("doc_lineage", pa.string()),
             ("batch", pa.string()),
@@ -133,7 +129,7 @@ def cold_schema(dim: int, dtype: str) -> pa.Schema:
     )
 
 
-ROW_COLUMNS = ("vector_id", "chunk_id", "doc_id", "ordinal", "text", "content_hash", "lineage")
+ROW_COLUMNS = tuple(CHUNK_SCHEMA.names)
 
 
 def quote(value: str) -> str:
@@ -337,6 +333,19 @@ class ColdStore:
         table = self.table(min_version)
         if table is None or not batches or k <= 0:
             return [[] for _ in queries]
+        try:
+            return self._search(table, queries, k, batches, visible)
+        except (OSError, ValueError, RuntimeError):
+            # The version this process holds may have lost files to a cleanup: read the latest once more.
+            table.checkout_latest()
+        try:
+            return self._search(table, queries, k, batches, visible)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise ObjectStoreUnavailable(self.config.uri, f"cold tier search failed: {err}") from err
+
+    def _search(
+        self, table: Any, queries: np.ndarray, k: int, batches: list[str], visible: Any
+    ) -> list[list[ColdHit]]:
         where = "batch IN (" + ", ".join(quote(b) for b in sorted(batches)) + ")"
         total = None
         results = []

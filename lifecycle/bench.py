@@ -224,6 +224,7 @@ def _run(
     # ---- baseline: hot only ----------------------------------------------------------------------
     index = HotIndex(hot_dir)
     flash_before = tier_stats(index, None)["flash_bytes"]
+    segments_before = {live.info.segment_id for live in index.manifest().segments}
     searcher = Searcher(index, EmbeddingConfig(), cold=cold_config)
     say(f"hot-only search: {n_queries} queries one at a time, k={K}")
     hot_s, hot_found = _timed(
@@ -255,6 +256,12 @@ def _run(
     )
     in_cold = np.isin(ids, cold_ids)
     moved = summary.get("moved", {})
+    rewritten = sum(  # segments the run wrote: its hot/warm moves and the compaction that follows
+        path.stat().st_size
+        for live in manifest.segments
+        if live.info.segment_id not in segments_before
+        for path in (index.segments_dir / live.info.segment_id).iterdir()
+    )
     say(
         f"lifecycle run took {lifecycle_s:.1f} s: {moved.get('to_cold_vectors', 0)} vectors "
         f"({human_bytes(moved.get('to_cold_bytes', 0))} of flash) to cold"
@@ -345,6 +352,7 @@ def _run(
             "vectors_per_s": round(moved.get("to_cold_vectors", 0) / lifecycle_s, 1) if lifecycle_s else None,
             "flash_mib_per_s": round(moved_bytes / 2**20 / lifecycle_s, 2) if lifecycle_s else None,
             "compacted": summary["cleanup"]["compacted"],
+            "flash_rewritten_bytes": rewritten,
             "flash_bytes_before": flash_before,
             "flash_bytes_after": after["flash_bytes"],
             "flash_held_bytes_after": after["flash_held_bytes"],
@@ -400,7 +408,7 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Federated top-{report['k']} hits from the cold tier: {report['federated_cold_hit_share']:.0%}. "
-        f"IVF_PQ: {ivf['partitions']} partitions, {ivf['sub_vectors']} sub-vectors, nprobes {ivf['nprobes']}, "
+        f"IVF_PQ: {ivf['partitions']} partitions requested, {ivf['sub_vectors']} sub-vectors, nprobes {ivf['nprobes']}, "
         f"refine_factor {ivf['refine_factor']}; built in {ivf['build_s']} s.",
         "",
         f"## Lifecycle run (cold_after = {life['cold_after']})",
@@ -410,10 +418,12 @@ def _markdown(report: dict[str, Any]) -> str:
         f"| wall time | {life['wall_s']} s |",
         f"| vectors moved to cold | {moved.get('to_cold_vectors', 0)} ({life['vectors_per_s']} vectors/s) |",
         f"| flash bytes of the moved vectors | {human_bytes(moved.get('to_cold_bytes', 0))} ({life['flash_mib_per_s']} MiB/s) |",
-        f"| flash written (new segments) | {human_bytes(moved.get('flash_written_bytes', 0))} |",
-        f"| flash before / after | {human_bytes(life['flash_bytes_before'])} / {human_bytes(life['flash_bytes_after'])} |",
-        f"| cold tier objects (float16) | {human_bytes(life['cold_object_bytes'])} |",
+        f"| flash written by hot/warm moves | {human_bytes(moved.get('flash_written_bytes', 0))} |",
+        f"| flash written in all (moves and compaction: new live segments) | {human_bytes(life['flash_rewritten_bytes'])} |",
         f"| compacted flash | {life['compacted']} |",
+        f"| live flash before / after | {human_bytes(life['flash_bytes_before'])} / {human_bytes(life['flash_bytes_after'])} |",
+        f"| flash still held after (older manifests' segments, until `tierflow gc`) | {human_bytes(life['flash_held_bytes_after'])} |",
+        f"| cold tier objects (float16) | {human_bytes(life['cold_object_bytes'])} |",
         f"| steps (s) | {', '.join(f'{k} {v}' for k, v in life['seconds'].items())} |",
         "",
         _meaning(report),
@@ -429,7 +439,7 @@ def _meaning(report: dict[str, Any]) -> str:
     life = report["lifecycle"]
     saved = life["flash_bytes_before"] - life["flash_bytes_after"]
     return (
-        f"Aging half the index to the cold tier cut flash by {human_bytes(saved)} for "
+        f"Aging half the index to the cold tier cut live flash by {human_bytes(saved)} for "
         f"{human_bytes(life['cold_object_bytes'])} of object storage, in a {life['wall_s']} s run; searching "
         f"both tiers costs {ratio['federated']['p50']}x the hot-only p50 latency ({lat['federated']['p50_ms']} "
         f"vs {lat['hot_only']['p50_ms']} ms) and {ratio['federated']['p99']}x its p99, and finds "

@@ -101,34 +101,18 @@ def _plot(history: list[dict[str, Any]], now: dict[str, Any], path: Path) -> Non
     top.legend(loc="upper left")
     top.set_title("Tier sizes over lifecycle runs")
     mib = 2**20
-    bottom.plot(
-        runs,
-        [p["tiers"]["hot"]["ram_bytes"] / mib for p in points],
-        marker="o",
-        label="RAM (hot)",
-        color=colours["hot"],
+    series = (
+        ("RAM (hot)", lambda p: p["tiers"]["hot"]["ram_bytes"], {"marker": "o", "color": colours["hot"]}),
+        ("flash (hot + warm)", lambda p: p["flash_bytes"], {"marker": "s", "color": colours["warm"]}),
+        (
+            "object storage",
+            lambda p: p["tiers"]["cold"]["object_bytes"],
+            {"marker": "^", "color": colours["cold"]},
+        ),
+        ("flash saved", lambda p: p["flash_saved_bytes"], {"linestyle": "--", "color": "#2ca02c"}),
     )
-    bottom.plot(
-        runs,
-        [p["flash_bytes"] / mib for p in points],
-        marker="s",
-        label="flash (hot + warm)",
-        color=colours["warm"],
-    )
-    bottom.plot(
-        runs,
-        [p["tiers"]["cold"]["object_bytes"] / mib for p in points],
-        marker="^",
-        label="object storage",
-        color=colours["cold"],
-    )
-    bottom.plot(
-        runs,
-        [p["flash_saved_bytes"] / mib for p in points],
-        linestyle="--",
-        label="flash saved",
-        color="#2ca02c",
-    )
+    for label, value, style in series:
+        bottom.plot(runs, [value(p) / mib for p in points], label=label, **style)
     bottom.set_ylabel("MiB")
     bottom.set_xlabel("lifecycle run")
     bottom.legend(loc="upper left")

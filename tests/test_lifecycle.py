@@ -32,6 +32,7 @@ from tests.helpers import assert_exactly_once
 from tierflow.config import EmbeddingConfig, load_settings
 from tierflow.errors import ConfigError, IndexCorrupt
 from tierflow.records import chunk_id, vector_id
+from tierflow.s3 import ObjectStoreUnavailable
 
 DAY = 86400.0
 DIM = 32
@@ -363,3 +364,16 @@ def test_searches_record_access_and_storage_report_plots_history(tmp_path: Path)
     searcher.access.record([doc_name(1)], at=time.time())
     searcher.close()
     assert read_access(tmp_path / "hot", time.time(), DAY)[doc_name(1)].hits == 1
+
+
+def test_search_with_the_cold_tier_gone_fails_clearly(tmp_path: Path) -> None:
+    vectors = _aged(tmp_path / "hot", 10)
+    cold = ColdConfig(uri=str(tmp_path / "cold"))
+    run_lifecycle(tmp_path / "hot", LifecycleConfig(), cold, NOW)
+    searcher = _searcher(tmp_path / "hot", cold)
+    assert _find(searcher, vectors[_vid(0)])[0] == "cold"
+    for path in sorted((tmp_path / "cold").rglob("*.lance"), reverse=True):
+        if path.is_file():
+            path.unlink()  # the object store lost the data files
+    with pytest.raises(ObjectStoreUnavailable, match="cold tier search failed"):
+        _searcher(tmp_path / "hot", cold).chunk_search(vectors[_vid(0)][None, :], 3)
