@@ -110,7 +110,10 @@ def test_missing_credentials_fail_before_anything_moves(
     assert HotIndex(tmp_path / "hot").manifest().generation == generation
     # The same run with the keys given in configuration ([cold] or TIERFLOW__COLD__* variables) works.
     keyed = ColdConfig(
-        uri=f"s3://{bucket}/cold", endpoint_url=s3_server, access_key_id="testing", secret_access_key="testing"
+        uri=f"s3://{bucket}/cold",
+        endpoint_url=s3_server,
+        access_key_id="testing",
+        secret_access_key="testing",
     )
     assert "testing" not in repr(keyed).replace("access_key_id='testing'", "")  # the secret is not printed
     assert run_lifecycle(tmp_path / "hot", LifecycleConfig(), keyed, NOW)["applied"] == 5
