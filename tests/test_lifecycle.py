@@ -377,3 +377,12 @@ def test_search_with_the_cold_tier_gone_fails_clearly(tmp_path: Path) -> None:
             path.unlink()  # the object store lost the data files
     with pytest.raises(ObjectStoreUnavailable, match="cold tier search failed"):
         _searcher(tmp_path / "hot", cold).chunk_search(vectors[_vid(0)][None, :], 3)
+
+
+def test_readme_configuration_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "tierflow.toml").write_text(block)
+    policy = load_settings(LifecycleConfig, "lifecycle", tmp_path / "tierflow.toml", environ={})
+    assert policy.rules[0].metadata == {"retention": "7y"} and policy.rules[0].pin == "warm"
+    assert load_settings(ColdConfig, "cold", tmp_path / "tierflow.toml", environ={}).vector_dtype == "float16"
