@@ -585,7 +585,11 @@ def parser() -> argparse.ArgumentParser:
         help="lifecycle: vectors in the synthetic index (half go cold)",
     )
     bench.add_argument("--queries", type=int, default=200, help="lifecycle: queries, searched one at a time")
-    bench.add_argument("--out", default="tierflow-data/bench")
+    bench.add_argument(
+        "--out",
+        default="tierflow-data/bench",
+        help="report folder (ingest: bench.*, stream: bench-stream.*, lifecycle: bench-lifecycle.*)",
+    )
     bench.set_defaults(func=cmd_bench)
     return root
 
