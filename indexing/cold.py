@@ -52,7 +52,8 @@ class ColdConfig:
         ivf_partitions: IVF partitions; 0 picks ``sqrt(rows)``.
         pq_sub_vectors: PQ sub-vectors; 0 picks ``dim / 8``.
         nprobes: IVF partitions searched per query.
-        refine_factor: PQ candidates re-scored with the stored vectors, as a multiple of the ones wanted.
+        refine_factor: PQ candidates re-scored with the stored vectors, as a multiple of the ones wanted
+            (10 kept only 0.74 of the exact top 10 on the lifecycle benchmark's clustered vectors; 50: 0.998).
         endpoint_url: S3 API endpoint (MinIO, moto ...); empty for AWS or ``AWS_ENDPOINT_URL``.
         region: S3 region; empty takes it from the AWS environment/config.
         version_retention_s: Old table versions younger than this are kept, so that searches holding
@@ -74,7 +75,7 @@ class ColdConfig:
     ivf_partitions: int = 0
     pq_sub_vectors: int = 0
     nprobes: int = 32
-    refine_factor: int = 10
+    refine_factor: int = 50
     endpoint_url: str = ""
     region: str = ""
     version_retention_s: float = 3600.0
@@ -162,6 +163,7 @@ class ColdStore:
         self.config = config
         self._db: Any = None
         self._table: Any = None
+        self._indexed: tuple[int, bool] = (-1, False)  # (table version, has a vector index)
 
     @property
     def np_dtype(self) -> Any:
@@ -371,9 +373,14 @@ class ColdStore:
             results.append(sorted(hits, key=lambda h: (-h.score, h.vector_id))[:k])
         return results
 
+    def _has_index(self, table: Any) -> bool:
+        if self._indexed[0] != table.version:
+            self._indexed = (int(table.version), bool(table.list_indices()))
+        return self._indexed[1]
+
     def _query(self, table: Any, query: np.ndarray, limit: int, where: str) -> pa.Table:
         search = table.search(query).distance_type("dot").where(where, prefilter=True).limit(limit)
-        if self.config.index == "ivf_pq" and table.list_indices():
+        if self.config.index == "ivf_pq" and self._has_index(table):
             search = search.nprobes(self.config.nprobes).refine_factor(self.config.refine_factor)
         return search.to_arrow()
 

@@ -450,8 +450,14 @@ def _cleanup(
     stored = sum(live.info.n_vectors for live in manifest.segments)
     deleted = sum(live.n_deleted for live in manifest.segments)
     if stored and deleted / stored >= config.compact_deleted_fraction:
-        index.compact()
+        compacted = index.compact()
         out["compacted"] = True
+        out["compaction_written_bytes"] = sum(
+            p.stat().st_size
+            for live in compacted.segments
+            for p in (index.segments_dir / live.info.segment_id).iterdir()
+            if live.info.segment_id not in {seg.info.segment_id for seg in manifest.segments}
+        )
         say(f"compacted flash: dropped {deleted} deleted of {stored} stored vectors")
     failpoint("lifecycle.compacted")
     if store is not None and index.manifest().cold:
