@@ -8,6 +8,7 @@ from typing import Any
 
 from evaluation.beir import BeirDataset
 from evaluation.metrics import DEFAULT_KS, evaluate
+from indexing.hot import tier_vectors
 from indexing.search import Searcher
 from tierflow.lineage import code_version
 
@@ -63,7 +64,7 @@ def evaluate_index(
                 "vectors": manifest.n_vectors,
                 "types": sorted({seg.info.index["type"] for seg in manifest.segments}),
             },
-            "tiers": {"hot": manifest.n_vectors},
+            "tiers": tier_vectors(searcher.index, manifest),
             "code_version": code_version(),
             "search_seconds": round(elapsed, 3),
         },

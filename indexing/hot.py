@@ -24,6 +24,8 @@ from tierflow.errors import IncompatibleIndex, IndexCorrupt
 from tierflow.records import chunk_id, vector_id
 
 HISTORY_LIMIT = 50
+HOT, WARM, COLD = "hot", "warm", "cold"
+TIERS = (HOT, WARM, COLD)
 
 
 @dataclass
@@ -473,6 +475,28 @@ def _is_stale(current: DocState, update: DocState) -> bool:
     return same == (current.status, current.content_hash, current.canonical_id) or (
         current.status == DELETED and update.status != DELETED
     )
+
+
+def tier_of(state: DocState, storage_of: dict[str, str]) -> str | None:
+    """The tier holding a document's vectors (None for duplicates and deleted documents), given each live
+    segment's storage."""
+    if state.status != CANONICAL:
+        return None
+    if state.cold_batch:
+        return COLD
+    return WARM if storage_of.get(state.segment_id or "") == MMAP else HOT
+
+
+def tier_vectors(index: HotIndex, manifest: Manifest | None = None) -> dict[str, int]:
+    """Vectors per tier (hot, warm, cold) of ``manifest`` (default: current)."""
+    manifest = manifest or index.manifest()
+    storage_of = {live.info.segment_id: live.storage for live in manifest.segments}
+    out = dict.fromkeys(TIERS, 0)
+    for state in index.docs(manifest).values():
+        tier = tier_of(state, storage_of)
+        if tier is not None:
+            out[tier] += state.n_chunks
+    return out
 
 
 def _placement(state: DocState) -> tuple[Any, ...]:

@@ -34,14 +34,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from indexing.access import Access, read_access
-from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState
-from indexing.hot import HotIndex
+from indexing.docs_table import DELETED, DUPLICATE, DocState
+from indexing.hot import COLD, HOT, TIERS, WARM, HotIndex, tier_of
 from indexing.manifest import Manifest
 from indexing.segment import INDEX_FILE
 from tierflow.errors import ConfigError
 
-HOT, WARM, COLD, DELETE = "hot", "warm", "cold", "deleted"
-TIERS = (HOT, WARM, COLD)
+DELETE = "deleted"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 _SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10}
 _SIZES.update({"mib": 2**20, "gib": 2**30, "tib": 2**40})
@@ -236,15 +235,6 @@ def policies(config: LifecycleConfig) -> tuple[Policy, list[tuple[TierRule, Poli
             )
         )
     return default, ruled
-
-
-def tier_of(state: DocState, storage_of: dict[str, str]) -> str | None:
-    """The tier holding a document's vectors (None for duplicates and deleted documents)."""
-    if state.status != CANONICAL:
-        return None
-    if state.cold_batch:
-        return COLD
-    return WARM if storage_of.get(state.segment_id or "") == "mmap" else HOT
 
 
 def segment_bytes(index: HotIndex, manifest: Manifest) -> dict[str, float]:

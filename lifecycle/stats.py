@@ -14,10 +14,9 @@ from typing import Any
 
 from indexing.cold import ColdStore
 from indexing.docs_table import CANONICAL
-from indexing.hot import HotIndex
+from indexing.hot import COLD, HOT, TIERS, WARM, HotIndex, tier_of
 from indexing.manifest import MMAP
 from indexing.segment import INDEX_FILE
-from lifecycle.policy import COLD, HOT, TIERS, WARM, tier_of
 
 HISTORY = Path("lifecycle") / "history.jsonl"
 

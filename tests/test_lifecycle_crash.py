@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from indexing.cold import ColdConfig, ColdStore
-from indexing.hot import HotIndex
-from lifecycle.policy import COLD, HOT, WARM, tier_of
+from indexing.hot import COLD, HOT, WARM, HotIndex, tier_of
 from lifecycle.run import JOURNAL
 from lifecycle.synthetic import build_synthetic_index
 from tests.helpers import REPO, assert_exactly_once

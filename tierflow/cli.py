@@ -187,7 +187,7 @@ def cmd_eval(args: argparse.Namespace, beam_args: list[str]) -> int:
         print(f"building an index of {dataset.corpus_path} in {config.index_dir} …", flush=True)
         summary = run_batch(FileSourceConfig(str(dataset.path), format="beir"), config, beam_args)
         _print_run(summary, False)
-    searcher = Searcher(HotIndex(config.index_dir), config.embedding)
+    searcher = Searcher(HotIndex(config.index_dir), config.embedding, _cold_config(args))
     reference = dict(item.split("=", 1) for item in args.reference) if args.reference else None
     result = evaluate_index(
         searcher,
