@@ -39,9 +39,24 @@ class BeirDataset:
     corpus_path: Path
     checksums: dict[str, str]
 
-    def iter_corpus(self) -> Iterator[dict[str, Any]]:
-        """Yields the corpus records (``_id``, ``title``, ``text``, ...) as parsed, in file order."""
-        yield from _read_jsonl(self.corpus_path)
+    def iter_corpus(self, skip_bad: bool = False) -> Iterator[dict[str, Any]]:
+        """Yields the corpus records (``_id``, ``title``, ``text``, ...) as parsed, in file order.
+
+        Args:
+            skip_bad: Skip lines that are not UTF-8 JSON objects (a report showing document titles) instead
+                of raising :class:`ConfigError` (the ingest pipeline dead-letters such lines).
+        """
+        if not skip_bad:
+            yield from _read_jsonl(self.corpus_path)
+            return
+        with self.corpus_path.open("rb") as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    continue
+                if isinstance(record, dict):
+                    yield record
 
 
 def load_beir(path: str | Path, split: str = "test") -> BeirDataset:

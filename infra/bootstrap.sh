@@ -19,4 +19,8 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 if ! bash infra/install-postgres.sh; then
   echo "bootstrap: could not install PostgreSQL/wal2json; the Postgres CDC tests will skip (and fail under CI)" >&2
 fi
+# Headless Chromium (Debian package) renders the HTML evaluation report to a PNG in the tests.
+if ! bash infra/install-chromium.sh; then
+  echo "bootstrap: could not install chromium; the report screenshot test will skip (and fail under CI)" >&2
+fi
 echo "bootstrap: ready ($(.venv/bin/python -c 'import torch, faiss, apache_beam; print(f"torch {torch.__version__}, faiss {faiss.__version__}, beam {apache_beam.__version__}")'))" >&2

@@ -66,6 +66,10 @@ class EmbedChunks(beam.DoFn):
             done = min(start + EMBED_SLICE, len(order))
             rate = done / max(time.monotonic() - started, 1e-9)
             LOG.info("embed shard %s: %d/%d chunks (%.1f chunks/s)", shard, done, len(order), rate)
+        if chunks:  # the shard's embedding time, spread over its chunks, for the run's cost counters
+            share = (time.monotonic() - started) * 1000 / len(chunks)
+            for chunk in chunks:
+                chunk.metadata["embed_ms"] = share
         yield shard, docs
 
 
@@ -114,6 +118,8 @@ class _WriteSegment(beam.DoFn):
         info = write_segment(Path(self.config.index_dir) / "segments", rows, matrix, self.config.spec)
         yield ("segment", info)
         yield ("stat", ("chunks_embedded", len(rows)))
+        embed_ms = sum(chunk.metadata.get("embed_ms", 0.0) for doc in docs for chunk in doc.chunks)
+        yield ("stat", ("embed_ms", round(embed_ms)))
         for doc in docs:
             yield ("doc", replace(doc.state, segment_id=info.segment_id, n_chunks=len(doc.chunks)))
 
@@ -181,7 +187,8 @@ class CommitRun(beam.DoFn):
         summary = {
             "started_at": self.run.started_at,
             "code_version": self.run.code_version,
-            "counts": dict(sorted(stats.items())),
+            "counts": {k: v for k, v in sorted(stats.items()) if not k.endswith("_ms")},
+            "timings_ms": {k[: -len("_ms")]: v for k, v in sorted(stats.items()) if k.endswith("_ms")},
             "dead_letters": {
                 "total": sum(dead.values()),
                 "by_reason": dict(sorted(dead.items())),

@@ -201,6 +201,30 @@ def cmd_eval(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def cmd_eval_run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from evaluation.suite import gate, load_suite, run_suite, write_baseline
+
+    suite = load_suite(args.suite)
+    out = Path(args.out)
+    summary = run_suite(
+        suite, out, Path(args.cache), beam_args, args.only, progress=lambda line: print(line, file=sys.stderr)
+    )
+    text = (out / "summary.md").read_text()
+    passed, compared = (True, "") if args.no_gate else gate(suite, summary, out, args.baseline)
+    print(text + ("\n" + compared if compared else ""))
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        with open(summary_file, "a") as handle:
+            handle.write(text + ("\n" + compared if compared else ""))
+    if args.write_baseline:
+        write_baseline(summary, out, Path(args.write_baseline))
+        print(f"baseline written to {args.write_baseline}", file=sys.stderr)
+    print(f"reports in {out} (summary.md, junit.xml, suite.json, */*/report.html)", file=sys.stderr)
+    if args.no_gate:
+        return 0
+    return 0 if passed and not summary["failures"] else 1
+
+
 def cmd_produce(args: argparse.Namespace, _: list[str]) -> int:
     from connectors.kafka_client import DocumentProducer, KafkaConfig, produce_jsonl
     from tierflow.config import load_settings
@@ -457,17 +481,34 @@ def parser() -> argparse.ArgumentParser:
     _add_index_args(lineage)
     lineage.set_defaults(func=cmd_lineage)
 
-    ev = sub.add_parser("eval", help="score retrieval on a BEIR dataset; writes report.json and report.md")
-    ev.add_argument("--dataset", required=True, help="BEIR dataset directory")
-    ev.add_argument(
+    ev = sub.add_parser("eval", help="retrieval evaluation: suites, single datasets, gates, query logs")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+    run_suite = ev_sub.add_parser("run", help="score a suite (datasets x index configs); reports and gate")
+    run_suite.add_argument("suite", help="suite file (TOML), e.g. evaluation/suites/scifact.toml")
+    run_suite.add_argument("--out", default="tierflow-data/eval", help="report directory")
+    run_suite.add_argument("--cache", default="tierflow-data/eval-cache", help="indexes built for suites")
+    run_suite.add_argument("--only", nargs="*", help="dataset/config names to score (default: all)")
+    run_suite.add_argument("--baseline", help="gate against this baseline instead of the suite's")
+    run_suite.add_argument("--no-gate", action="store_true", help="report only; exit 0 unless it breaks")
+    run_suite.add_argument("--write-baseline", help="save this run as a baseline file (means + per query)")
+    run_suite.add_argument("-v", "--verbose", action="store_true", help="log pipeline progress")
+    run_suite.set_defaults(func=cmd_eval_run)
+    ev_sub.add_parser(
+        "compare", help="BASELINE.json CURRENT.json: deltas, paired significance, exit 1 past --max-drop"
+    )
+    ev_sub.add_parser("import-log", help="LOG.jsonl OUT: a query log with clicks as a BEIR evaluation set")
+    one = ev_sub.add_parser("dataset", help="score one BEIR dataset (tierflow eval --dataset ... also works)")
+    one.add_argument("--dataset", required=True, help="BEIR dataset directory")
+    one.add_argument(
         "--out", required=True, help="report directory (the index goes in OUT/index unless --index)"
     )
-    ev.add_argument("--split", default="test")
-    ev.add_argument("-k", type=int, nargs="+", default=[1, 3, 5, 10, 100], help="cut-offs")
-    ev.add_argument("--reference", nargs="*", help="published scores to compare, e.g. ndcg@10=0.645")
-    _add_index_args(ev)
-    _add_build_args(ev)
-    ev.set_defaults(func=cmd_eval)
+    one.add_argument("--split", default="test")
+    one.add_argument("-k", type=int, nargs="+", default=[1, 3, 5, 10, 100], help="cut-offs")
+    one.add_argument("--reference", nargs="*", help="published scores to compare, e.g. ndcg@10=0.645")
+    one.add_argument("--cold", help="cold tier settings override: directory or s3://bucket/prefix")
+    _add_index_args(one)
+    _add_build_args(one)
+    one.set_defaults(func=cmd_eval)
 
     produce = sub.add_parser("produce", help="send documents (JSON lines) to a Kafka document topic")
     produce.add_argument("file", help="JSON lines file, or - for standard input")
@@ -595,6 +636,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"] and len(argv) > 1 and argv[1].startswith("--") and argv[1] != "--help":
+        argv.insert(1, "dataset")  # the single-dataset form predates suites: tierflow eval --dataset ...
+    if argv[:2] == ["eval", "compare"]:
+        from evaluation.compare import compare_main
+
+        return compare_main(argv[2:])
+    if argv[:2] == ["eval", "import-log"]:
+        from evaluation.querylog import querylog_main
+
+        return querylog_main(argv[2:])
     args, beam_args = parser().parse_known_args(argv)
     _setup_logging(getattr(args, "verbose", False))
     try:
