@@ -166,3 +166,20 @@ def test_dataset_on_object_storage_is_fetched(s3_server: str, tmp_path: Path) ->
     assert len(dataset.queries) == 10 and dataset.checksums["qrels/test.tsv"]
     with pytest.raises(ConfigError, match="does not exist|cannot list|not found|NoSuchKey|404"):
         fetch_dataset(DatasetSpec("x", f"s3://{bucket}/missing", endpoint_url=s3_server), suite, tmp_path)
+
+
+def test_query_log_import_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text(
+        '{"query": "How do Kafka consumers resume?", "clicked": ["kafka-1", "kafka-2"], "accepted": ["kafka-1"]}\n'
+        '{"query": "how do kafka  consumers resume?", "clicked": ["kafka-1"]}\n'
+        "not json\n"
+    )
+    out = tmp_path / "from-traffic"
+    assert main(["eval", "import-log", str(log), str(out), "--corpus", str(DEMO / "corpus.jsonl")]) == 0
+    summary = json.loads((out / "import.json").read_text())
+    assert summary["queries"] == 1 and summary["dropped"]["bad_lines"]["total"] == 1
+    qrels = (out / "qrels" / "test.tsv").read_text().splitlines()
+    assert sorted(qrels[1:]) == sorted(
+        [f"{qrels[1].split()[0]}\tkafka-1\t2", f"{qrels[1].split()[0]}\tkafka-2\t1"]
+    )
