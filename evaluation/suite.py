@@ -474,8 +474,13 @@ def write_baseline(summary: dict[str, Any], out_dir: Path, path: Path) -> None:
     results = {}
     for name in summary["results"]:
         report = json.loads((out_dir / name / "report.json").read_text())
-        results[name] = {"metrics": report["metrics"], "provenance": report["provenance"]}
+        results[name] = {
+            "title": report.get("title"),
+            "metrics": report["metrics"],
+            "provenance": report["provenance"],
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        json.dumps({"suite": summary["suite"], "results": results}, indent=1, sort_keys=True) + "\n"
+        json.dumps({"suite": summary["suite"], "results": results}, sort_keys=True, separators=(",", ":"))
+        + "\n"
     )
