@@ -96,7 +96,8 @@ as received (the key bytes for a tombstone), with one of these reasons:
   indexed: the stored text would be the placeholder.
 - ``wrong_type``: a text or title value is not a string, ``after`` is not an object, an id value is not
   a string or number, or a position field the version is made of (``lsn``, ``file``, ``pos``) is not a
-  non-negative integer (a decimal string is accepted, and ``X/Y`` for an LSN) or is out of range.
+  non-negative integer (a decimal string is accepted, and ``X/Y`` for an LSN) or is out of range, or
+  the change's timestamp (``ts_ms``, ``ts_sec``) is over 2**62 ms.
 
 Configuration errors (an empty column name, an empty text tuple) raise
 :class:`~tierflow.errors.ConfigError` from :class:`DebeziumMapping`.
@@ -111,7 +112,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from connectors.jsonparse import has_surrogate
+from connectors.jsonparse import TOO_MANY_DIGITS, has_surrogate
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError
 from tierflow.records import DocumentEvent, SourcePosition
@@ -318,6 +319,8 @@ def _parse_json(data: bytes, what: str) -> tuple[str, Any] | _Reject:
         return _Reject(
             "malformed_json", f"{what} is not JSON: {err.msg} at line {err.lineno} column {err.colno}"
         )
+    except ValueError:
+        return _Reject("malformed_json", f"{what} is not usable JSON: {TOO_MANY_DIGITS}")
     except RecursionError:
         return _Reject("malformed_json", f"{what} is JSON nested too deeply to parse")
     if ("\\ud" in text or "\\uD" in text) and has_surrogate(parsed):
@@ -394,7 +397,10 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     if isinstance(value, str) and _INTEGER.fullmatch(value):
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # more digits than int() converts: out of every range anyway
+            return None
     return None
 
 
@@ -470,6 +476,8 @@ def _decode_payload(
     if isinstance(version, str):
         return _Reject("wrong_type", version, doc_id)
     event_time = _event_time(payload, source)
+    if isinstance(event_time, str):
+        return _Reject("wrong_type", event_time, doc_id)
     info = {"table": table, "connector": _connector(source), "op": op}
     if not upsert:
         return DocumentEvent(doc_id, "delete", "", "", info, position, version, event_time)
@@ -601,17 +609,18 @@ def _version(
     if family == "binlog" and source.get("file") is not None and source.get("pos") is not None:
         file, pos_value = source["file"], source["pos"]
         match = _BINLOG_INDEX.fullmatch(file) if isinstance(file, str) else None
-        if match is None or int(match.group(1)) >= _MAX_BINLOG_FILE:
+        index = _as_int(match.group(1)) if match else None
+        if index is None or index >= _MAX_BINLOG_FILE:
             return (
                 f"source.file is {file!r}; expected a binlog file name ending in its index (mysql-bin.000003)"
             )
         pos = _as_int(pos_value)
         if pos is None or not 0 <= pos < _MAX_POS:
             return f"source.pos is {pos_value!r}; expected a binlog position (an integer in 0..2**32-1)"
-        return 2 * (int(match.group(1)) * _MAX_POS + pos) + streamed
-    millis = _first_positive(
-        (source.get("ts_ms"), 1), (source.get("ts_sec"), 1000), (payload.get("ts_ms"), 1)
-    )
+        return 2 * (index * _MAX_POS + pos) + streamed
+    millis = _timestamp_ms(payload, source)
+    if isinstance(millis, str):
+        return millis
     if millis is None:
         offset = _TRAILING_INTEGER.search(position.position)
         millis = int(offset.group(1)) if offset else 0
@@ -635,10 +644,21 @@ def _first_positive(*candidates: tuple[Any, int]) -> int | None:
     return None
 
 
-def _event_time(payload: Mapping[str, Any], source: Mapping[str, Any]) -> float | None:
+def _timestamp_ms(payload: Mapping[str, Any], source: Mapping[str, Any]) -> int | None | str:
+    """The change's epoch ms (``source.ts_ms``, ``source.ts_sec``, the envelope ``ts_ms``), None when none
+    is given, or what is wrong with it."""
     millis = _first_positive(
         (source.get("ts_ms"), 1), (source.get("ts_sec"), 1000), (payload.get("ts_ms"), 1)
     )
+    if millis is not None and millis >= _MAX_LSN:
+        return "the change's timestamp (source.ts_ms, source.ts_sec or ts_ms) is over 2**62 ms: not epoch ms"
+    return millis
+
+
+def _event_time(payload: Mapping[str, Any], source: Mapping[str, Any]) -> float | None | str:
+    millis = _timestamp_ms(payload, source)
+    if isinstance(millis, str):
+        return millis
     return millis / 1000 if millis is not None else None
 
 

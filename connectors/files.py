@@ -36,12 +36,12 @@ from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
-from connectors.jsonparse import has_surrogate
+from connectors.jsonparse import TOO_MANY_DIGITS, has_surrogate
 from connectors.objectstore import ObjectInfo, ObjectStore, open_store
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError
 from tierflow.records import OPS, DocumentEvent, SourcePosition
-from tierflow.s3 import ObjectStoreError, ObjectStoreUnavailable, ObjectUnreadable, is_s3_uri
+from tierflow.s3 import ObjectStoreError, ObjectStoreUnavailable, ObjectUnreadable, is_s3_uri, traversal
 
 __all__ = ["FORMATS", "FileSourceConfig", "FileSplit", "plan_splits", "read_split", "source_uris"]
 
@@ -62,7 +62,7 @@ STAGE = "parse"
 _BLOCK_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_HEADING = re.compile(r"#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*")
+_MAX_VERSION = (1 << 63) - 1  # versions are stored as int64
 _FENCE = re.compile(r"(```|~~~)")
 
 
@@ -89,8 +89,11 @@ class FileSourceConfig:
         s3_endpoint_url: S3 endpoint for S3-compatible services; None for AWS.
         s3_region: S3 region; None for the usual AWS environment/config.
 
+    Files are read only inside ``path``: one that resolves outside it (a symlink, ``..``) is
+    dead-lettered ``unreadable``, and an ``s3://`` path with a ``.`` or ``..`` segment is refused.
+
     Raises:
-        ConfigError: An unknown format or a non-positive size.
+        ConfigError: An unknown format, a non-positive size, or an ``s3://`` path with ``.``/``..``.
 
     Example:
         >>> FileSourceConfig("data/docs.jsonl", id_field="id", op_field="op", version_field="updated_at")
@@ -113,6 +116,8 @@ class FileSourceConfig:
     def __post_init__(self) -> None:
         if not self.path:
             raise ConfigError("FileSourceConfig.path is empty: set it to a local path or an s3:// uri")
+        if is_s3_uri(self.path) and (reason := traversal(self.path)):
+            raise ConfigError(f"FileSourceConfig.path: {reason}")
         if self.format not in FORMATS:
             raise ConfigError(
                 f"unknown format {self.format!r} for {self.path}: set format to one of {', '.join(FORMATS)}"
@@ -266,12 +271,15 @@ def _splits_of(info: ObjectInfo, fmt: str, config: FileSourceConfig, store: Obje
         step = config.split_bytes
         return [split(start, min(start + step, info.size)) for start in range(0, max(info.size, 1), step)]
     if fmt == "parquet" and not store.refusal(info.uri):
+        import pyarrow as pa
+
         try:
             groups = _row_group_count(store, info.uri)
         except ObjectStoreUnavailable:
             raise
-        except (ObjectStoreError, OSError, ValueError):
-            # The read reports it, as one dead letter for the file.
+        except (ObjectStoreError, OSError, ValueError, pa.ArrowException):
+            # The read reports it, as one dead letter for the file. (ArrowNotImplementedError, for one, is
+            # neither an OSError nor a ValueError.)
             return [split(0, -1)]
         return [split(group, group + 1) for group in range(groups)] or [split(0, 0)]
     return [split(0, info.size)]
@@ -332,7 +340,9 @@ def _lines(store: ObjectStore, uri: str, start: int, end: int, keep: int) -> Ite
         if seeking:
             newline = block.find(b"\n")
             if newline < 0:
-                if len(block) < _BLOCK_BYTES:
+                # No newline up to here: no line starts inside the split once the block reaches its end.
+                # Seeking on would make every split of one long line read to the line's end (quadratic).
+                if len(block) < _BLOCK_BYTES or pos + len(block) >= end:
                     return
                 pos += len(block)
                 continue
@@ -396,6 +406,8 @@ def _parse_json_object(body: bytes) -> dict[str, Any] | _Reject:
         record = json.loads(text)
     except json.JSONDecodeError as err:
         return _Reject("malformed_json", f"{err.msg} at column {err.colno}")
+    except ValueError:
+        return _Reject("malformed_json", TOO_MANY_DIGITS)
     except RecursionError:
         return _Reject("malformed_json", "JSON nested too deeply to parse")
     if not isinstance(record, dict):
@@ -483,11 +495,13 @@ def _parse_version(value: Any) -> tuple[int, float | None] | str:
     if isinstance(value, bool) or value is None:
         return f"is {_type(value)}; expected an integer, a float (epoch seconds) or an ISO-8601 timestamp"
     if isinstance(value, int):
-        return value, None
+        return _fits(value, None)
     if isinstance(value, float):
         if not math.isfinite(value):
             return f"is {value}; expected a finite number"
-        return round(value * 1_000_000_000), value
+        if not abs(value) < _MAX_VERSION / 1e9:  # value * 1e9 would overflow, or round() of it
+            return f"is {value}; epoch seconds past 2262 do not fit a 64-bit version in nanoseconds"
+        return _fits(round(value * 1_000_000_000), value)
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip())
@@ -500,7 +514,15 @@ def _parse_version(value: Any) -> tuple[int, float | None] | str:
     else:
         return f"is a {_type(value)}; expected an integer, a float (epoch seconds) or an ISO-8601 timestamp"
     nanos = (moment - _EPOCH) // timedelta(microseconds=1) * 1000
-    return nanos, nanos / 1e9
+    return _fits(nanos, nanos / 1e9)
+
+
+def _fits(version: int, timestamp: float | None) -> tuple[int, float | None] | str:
+    """The version when it fits the 64 bits it is stored in, else what is wrong with it."""
+    if -_MAX_VERSION - 1 <= version <= _MAX_VERSION:
+        return version, timestamp
+    shown = str(version) if len(str(version)) <= 24 else f"{str(version)[:20]}..."
+    return f"is {shown}; a version must fit 64 bits (timestamps: years 1678 to 2262)"
 
 
 # --- text ----------------------------------------------------------------------------------------
@@ -547,9 +569,23 @@ def _markdown_title(text: str) -> str:
         stripped = line.strip()
         if _FENCE.match(stripped):
             fenced = not fenced
-        elif not fenced and (heading := _HEADING.fullmatch(stripped)):
-            return heading.group(1).strip()
+        elif not fenced and (heading := _heading(stripped)) is not None:
+            return heading
     return ""
+
+
+def _heading(line: str) -> str | None:
+    """The text of a level-1 ATX heading (``# Title``, ``# Title ##``; ``line`` is stripped), or None.
+
+    Done by hand: the regular expression it replaces took quadratic time on a long run of blanks.
+    """
+    if len(line) < 3 or line[0] != "#" or line[1] not in " \t":
+        return None
+    content = line[1:].lstrip(" \t")
+    body = content.rstrip("#")
+    if body != content and body != body.rstrip(" \t") and body.strip(" \t"):  # a closing sequence
+        content = body.rstrip(" \t")
+    return content.strip()
 
 
 # --- Parquet -------------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ Rejections
     - ``too_large``: the value is over ``max_bytes``; it is not parsed, ``raw`` keeps its first 64 KiB
       and the position says where the full record is.
     - ``bad_content_type``: a ``content-type`` header other than ``application/json``.
-    - ``malformed_json``: the value is not JSON (or has duplicate names, ``NaN``, a byte order mark).
+    - ``malformed_json``: the value is not JSON (or has duplicate names, ``NaN``, a byte order mark, a
+      number too large for a double, or an integer of more than 4300 digits).
     - ``not_an_object``: the value is JSON but not an object.
     - ``unknown_field``: the object has fields outside the contract; the detail names them.
     - ``wrong_type``: a field has the wrong type (the detail names the field, its type and the expected
@@ -76,11 +77,10 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from connectors.jsonparse import has_surrogate
+from connectors.jsonparse import TOO_MANY_DIGITS, has_surrogate, is_finite_number
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import BadRecord
 from tierflow.records import OPS, DocumentEvent, Op, SourcePosition
@@ -392,7 +392,7 @@ def _check_fields(record: Mapping[str, Any], op: Any) -> tuple[str, str] | None:
     if event_time is not None:
         if isinstance(event_time, bool) or not isinstance(event_time, int | float):
             return "wrong_type", f"field 'event_time' is a {_type(event_time)}; expected epoch seconds"
-        if not math.isfinite(event_time):
+        if not is_finite_number(event_time):
             return "wrong_type", f"field 'event_time' is {event_time}; expected a finite number"
     if op == "upsert" and record.get("text") is None:
         state = "null" if "text" in record else "absent"
@@ -417,6 +417,14 @@ def _no_constants(name: str) -> Any:
     raise _Invalid(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not is_finite_number(value):  # 1e999 parses as Infinity, which the contract refuses
+        shown = text if len(text) <= 24 else f"{text[:20]}..."
+        raise _Invalid(f"the number {shown} is too large for a double (it would be Infinity)")
+    return value
+
+
 def _parse_object(value: bytes) -> dict[str, Any] | tuple[str, str]:
     """The value as a JSON object, or (reason, detail)."""
     try:
@@ -424,11 +432,15 @@ def _parse_object(value: bytes) -> dict[str, Any] | tuple[str, str]:
     except UnicodeDecodeError as err:
         return "not_utf8", f"the value is not UTF-8 at byte {err.start}: {err.reason}"
     try:
-        record = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        record = json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_float=_finite_float
+        )
     except json.JSONDecodeError as err:
         return "malformed_json", f"{err.msg} at line {err.lineno} column {err.colno}"
     except _Invalid as err:
         return "malformed_json", str(err)
+    except ValueError:
+        return "malformed_json", TOO_MANY_DIGITS
     except RecursionError:
         return "malformed_json", "JSON nested too deeply to parse"
     if not isinstance(record, dict):

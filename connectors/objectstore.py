@@ -33,6 +33,7 @@ from tierflow.s3 import (
     s3_status,
     split_s3_uri,
     translate_s3_error,
+    traversal,
 )
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ class _RangeFile(io.RawIOBase):
 
 
 class LocalStore(ObjectStore):
-    """Local files. Reads under ``root`` refuse symlinks that resolve outside it.
+    """Local files. Reads under ``root`` refuse paths that resolve outside it (symlinks, ``..``, another
+    absolute path).
 
     Symlinked directories are not descended into; symlinked files are listed (with their target's
     size and mtime) and read only while they stay inside ``root``.
@@ -190,7 +192,8 @@ class LocalStore(ObjectStore):
             return None
         real, root = os.path.realpath(uri), os.path.realpath(self._root)
         if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
-            return f"symlink resolves to {real!r}, outside the source root {self._root!r}; refused"
+            how = "symlink resolves" if os.path.islink(uri) else "path resolves"
+            return f"{how} to {real!r}, outside the source root {self._root!r}; refused"
         return None
 
     def read(self, uri: str, start: int, end: int) -> bytes:
@@ -219,6 +222,9 @@ class LocalStore(ObjectStore):
 class S3Store(ObjectStore):
     """S3 (or any S3 API) through boto3: paginated listing, ``Range`` GETs.
 
+    A uri with a ``.`` or ``..`` segment is refused before any request (:func:`tierflow.s3.traversal`):
+    a prefix with :class:`ConfigError`, an object (a listed key) as unreadable.
+
     The client is made on first use and shared within the process, so a store is cheap to build on a
     worker.
 
@@ -243,9 +249,15 @@ class S3Store(ObjectStore):
     def _translate(self, err: Exception, uri: str, *, listing: bool) -> TierflowError:
         return translate_s3_error(err, uri, listing=listing, endpoint_url=self._endpoint_url)
 
+    def refusal(self, uri: str) -> str | None:
+        return traversal(uri)
+
     def stat(self, uri: str) -> ObjectInfo | None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        reason = traversal(uri)
+        if reason:
+            raise ConfigError(reason)
         bucket, key = split_s3_uri(uri)
         if not key or key.endswith("/"):
             return None
@@ -262,6 +274,9 @@ class S3Store(ObjectStore):
     def list(self, prefix: str, glob: str = "*") -> list[ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        reason = traversal(prefix)
+        if reason:
+            raise ConfigError(reason)
         bucket, key = split_s3_uri(prefix)
         if key and not key.endswith("/"):
             key += "/"
@@ -282,6 +297,9 @@ class S3Store(ObjectStore):
     def read(self, uri: str, start: int, end: int) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        reason = traversal(uri)
+        if reason:
+            raise ObjectUnreadable(uri, reason)
         if end <= start:
             return b""
         bucket, key = split_s3_uri(uri)

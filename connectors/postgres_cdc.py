@@ -65,6 +65,8 @@ Rejections: :class:`~tierflow.deadletter.DeadLetter`, stage ``decode``, ``raw`` 
 JSON exactly as received, source position as above, with one of these reasons (:data:`REASONS`):
 
 - ``malformed_json``: the change is not JSON.
+- ``not_utf8``: a JSON string holds an unpaired surrogate escape (``\\ud800``; a ``json`` column can
+  hold one), which no later stage could store as UTF-8.
 - ``not_an_object``: the change is JSON but not an object.
 - ``unknown_op``: an ``action`` other than ``B C I U D T M``.
 - ``unsupported_op``: a ``TRUNCATE`` (the detail names the table).
@@ -103,6 +105,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from connectors.jsonparse import TOO_MANY_DIGITS, has_surrogate
 from tierflow.config import build, load_settings
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError, TierflowError, Transient
@@ -135,6 +138,7 @@ PLUGIN = "wal2json"
 STAGE = "decode"
 REASONS: tuple[str, ...] = (
     "malformed_json",
+    "not_utf8",
     "not_an_object",
     "unknown_op",
     "unsupported_op",
@@ -527,6 +531,15 @@ def _decode_change(
         data = json.loads(raw)
     except json.JSONDecodeError as err:
         return [_dead(_Reject("malformed_json", f"the change is not JSON: {err}"), position, raw)]
+    except ValueError:
+        reject = _Reject("malformed_json", f"the change is not usable JSON: {TOO_MANY_DIGITS}")
+        return [_dead(reject, position, raw)]
+    except RecursionError:
+        reject = _Reject("malformed_json", "the change is JSON nested too deeply to parse")
+        return [_dead(reject, position, raw)]
+    if ("\\ud" in raw or "\\uD" in raw) and has_surrogate(data):
+        reject = _Reject("not_utf8", "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
+        return [_dead(reject, position, raw)]
     if not isinstance(data, dict):
         return [
             _dead(
@@ -554,7 +567,7 @@ def _decode_object(
                 "re-sync the table (delete its documents and re-ingest it)",
             )
         ]
-    if action not in _OPS:
+    if not isinstance(action, str) or action not in _OPS:  # a list or an object is not hashable
         return [_Reject("unknown_op", f"action is {action!r}; expected one of 'I', 'U', 'D' (or 'T', 'M')")]
     if table is None:
         return [_Reject("wrong_type", "the change names no schema and table")]
@@ -799,7 +812,7 @@ def _action(raw: str) -> Any:
     """The ``action`` of a wal2json row, or None when the row is not a JSON object."""
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a number too long, nested too deeply
         return None
     return data.get("action") if isinstance(data, dict) else None
 

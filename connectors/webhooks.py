@@ -12,6 +12,7 @@ threading HTTP server. Each delivery goes through, in order:
 ===========  ======  ===============================================================================
 check        status  reason codes
 ===========  ======  ===============================================================================
+rate         429     ``rate_limited`` (``Retry-After``; the body is not read, not dead-lettered)
 framing      400     ``bad_framing`` (bad Content-Length / Transfer-Encoding, both given),
                      ``incomplete_body`` (the client stopped sending), ``duplicate_header``
 size         413     ``too_large``: from Content-Length before reading, or while reading a
@@ -27,10 +28,15 @@ queue        503     ``sink_unavailable`` (``Retry-After: 1``; nothing acknowled
 accepted     202     ``{"accepted": "<webhook id>"}``, only after the record is fsynced in the queue
 ===========  ======  ===============================================================================
 
-Every rejection (4xx) answers ``{"error": reason, "detail": "..."}`` and becomes a
+Every rejection (4xx but 429) answers ``{"error": reason, "detail": "..."}`` and becomes a
 :class:`WebhookDeadLetter` (reason, detail, the request headers minus signatures and credentials, and
 the body; at most 64 KiB of it for deliveries that were not authenticated). Secret values are never
 logged, stored or shown in a repr.
+
+Rate limit: each client address has a token bucket of ``rate_burst`` deliveries refilled at
+``rate_limit_per_s`` a second (``rate_limit_per_s = 0`` switches it off). It is checked before anything
+else, so floods of unsigned requests cost neither HMACs nor dead-letter writes. Behind a reverse proxy
+every sender shares the proxy's address: raise the limit there, or limit at the proxy.
 
 Replays: accepted ids live in the queue's own records (the envelope written by :func:`encode_record`),
 so the set survives a restart; it is rebuilt on start from the records whose timestamp is still inside
@@ -49,6 +55,7 @@ import math
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -60,7 +67,7 @@ from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from connectors.jsonparse import has_surrogate
+from connectors.jsonparse import TOO_MANY_DIGITS, has_surrogate, is_finite_number
 from connectors.local_queue import LocalQueue
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError, Terminal, TierflowError
@@ -68,6 +75,8 @@ from tierflow.records import OPS, DocumentEvent, Op, SourcePosition
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_RATE_BURST",
+    "DEFAULT_RATE_LIMIT_PER_S",
     "DEFAULT_TOLERANCE_S",
     "EVENTS_PATH",
     "HEALTH_PATH",
@@ -94,6 +103,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE_S = 300.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_RATE_LIMIT_PER_S = 100.0
+DEFAULT_RATE_BURST = 500
 DEFAULT_NAME = "webhooks"
 EVENTS_PATH = "/v1/events"
 HEALTH_PATH = "/healthz"
@@ -104,6 +115,8 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 ENV_PREFIX = "TIERFLOW__WEBHOOK__"
 
 _ID = re.compile(r"[\x21-\x7e]{1,256}")
+_DIGITS = re.compile(r"[0-9]+")
+_MIN_VERSION, _MAX_VERSION = -(1 << 63), (1 << 63) - 1  # versions are stored as int64
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _MAX_CHUNK_LINE = 1024
 
@@ -291,9 +304,9 @@ def parse_event(
     """Decode a delivery body into a :class:`DocumentEvent`.
 
     The body is a JSON object: ``doc_id`` (string or integer, required), ``op`` (``upsert`` by default
-    or ``delete``), ``text``, ``title``, ``metadata`` (object), ``version`` (integer, required: it orders
-    the document's changes), ``event_time`` (epoch seconds; defaults to ``timestamp``). Other top-level
-    fields are kept in ``metadata`` (``metadata``'s own keys win). Deletes carry no text.
+    or ``delete``), ``text``, ``title``, ``metadata`` (object), ``version`` (64-bit integer, required: it
+    orders the document's changes), ``event_time`` (epoch seconds; defaults to ``timestamp``). Other
+    top-level fields are kept in ``metadata`` (``metadata``'s own keys win). Deletes carry no text.
 
     Args:
         body: The raw body.
@@ -317,6 +330,8 @@ def parse_event(
         record = json.loads(text)
     except json.JSONDecodeError as err:
         raise reject("malformed_json", f"{err.msg} at line {err.lineno} column {err.colno}") from None
+    except ValueError:
+        raise reject("malformed_json", TOO_MANY_DIGITS) from None
     except RecursionError:
         raise reject("malformed_json", "JSON nested too deeply to parse") from None
     if not isinstance(record, dict):
@@ -342,6 +357,9 @@ def parse_event(
     if isinstance(version, bool) or not isinstance(version, int):
         state = "absent" if "version" not in record else f"a {_type(version)}"
         raise reject("wrong_type", f"version is {state}; expected an integer (larger is newer)", doc_id)
+    if not _MIN_VERSION <= version <= _MAX_VERSION:
+        shown = str(version) if len(str(version)) <= 24 else f"{str(version)[:20]}..."
+        raise reject("wrong_type", f"version {shown} is out of range; expected a 64-bit integer", doc_id)
 
     strings = {}
     for name in ("text", "title"):
@@ -359,7 +377,7 @@ def parse_event(
         event_time = timestamp
     elif isinstance(event_time, bool) or not isinstance(event_time, int | float):
         raise reject("wrong_type", f"event_time is a {_type(event_time)}; expected epoch seconds", doc_id)
-    elif not math.isfinite(event_time):
+    elif not is_finite_number(event_time):
         raise reject("wrong_type", f"event_time is {event_time}; expected a finite number", doc_id)
 
     extras = {k: v for k, v in record.items() if k not in _EVENT_FIELDS}
@@ -487,6 +505,8 @@ class WebhookConfig:
         queue_dir: Directory of the durable local queue the receiver appends to.
         name: The receiver's name, in every event's source position.
         read_timeout_s: Socket timeout while reading a request.
+        rate_limit_per_s: Deliveries a second each client address may sustain (429 above it); 0 = no limit.
+        rate_burst: Deliveries a client address may send at once before the rate applies.
     """
 
     host: str = "127.0.0.1"
@@ -497,6 +517,8 @@ class WebhookConfig:
     queue_dir: str = "tierflow-data/webhooks"
     name: str = DEFAULT_NAME
     read_timeout_s: float = 30.0
+    rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S
+    rate_burst: int = DEFAULT_RATE_BURST
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "secrets", _split_secrets(self.secrets))
@@ -515,12 +537,19 @@ class WebhookConfig:
             raise ConfigError(f"webhook.read_timeout_s must be > 0, got {self.read_timeout_s}")
         if not self.name:
             raise ConfigError("webhook.name must not be empty")
+        if not (math.isfinite(self.rate_limit_per_s) and self.rate_limit_per_s >= 0):
+            raise ConfigError(
+                f"webhook.rate_limit_per_s must be >= 0 (0: no limit), got {self.rate_limit_per_s}"
+            )
+        if self.rate_burst < 1:
+            raise ConfigError(f"webhook.rate_burst must be >= 1, got {self.rate_burst}")
 
     def __repr__(self) -> str:
         return (
             f"WebhookConfig(host={self.host!r}, port={self.port}, secrets=<{len(self.secrets)} hidden>, "
             f"tolerance_s={self.tolerance_s}, max_body_bytes={self.max_body_bytes}, "
-            f"queue_dir={self.queue_dir!r}, name={self.name!r}, read_timeout_s={self.read_timeout_s})"
+            f"queue_dir={self.queue_dir!r}, name={self.name!r}, read_timeout_s={self.read_timeout_s}, "
+            f"rate_limit_per_s={self.rate_limit_per_s}, rate_burst={self.rate_burst})"
         )
 
     __str__ = __repr__
@@ -569,6 +598,32 @@ class EventSink(Protocol):
 DeadLetterSink = Callable[[DeadLetter], None]
 
 
+class _RateLimiter:
+    """Token buckets per client address: ``burst`` tokens, refilled at ``rate`` a second; a delivery takes one."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, monotonic time)
+        self._last_prune = 0.0
+
+    def take(self, address: str, now: float) -> float:
+        """0.0 when ``address`` may deliver now (a token is taken), else the seconds until it may."""
+        with self._lock:
+            if now - self._last_prune > 10.0:  # forget buckets that are full again: they hold no state
+                refill_s = self.burst / self.rate
+                self._buckets = {a: b for a, b in self._buckets.items() if now - b[1] < refill_s}
+                self._last_prune = now
+            tokens, at = self._buckets.get(address, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[address] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[address] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
@@ -603,6 +658,9 @@ class WebhookReceiver:
             )
         self.config = config
         self._keys = _keys(config.secrets)
+        self._limiter = (
+            _RateLimiter(config.rate_limit_per_s, config.rate_burst) if config.rate_limit_per_s > 0 else None
+        )
         self._sink = sink
         self._owns_sink = sink is None
         self.dead_letters = dead_letters or JsonlDeadLetters(Path(config.queue_dir) / "dead-letters.jsonl")
@@ -761,6 +819,17 @@ class WebhookReceiver:
             log.exception("webhook receiver: cannot write a dead letter (%s)", letter.reason)
 
 
+def _content_length(value: str) -> int | None:
+    """A ``Content-Length`` value, or None when it is not one: ASCII digits only, as RFC 9110 says
+    (``str.isdigit`` also takes ``²``, which ``int`` refuses). Over 18 significant digits is over every
+    body limit, and comes back as ``sys.maxsize``."""
+    text = value.strip()
+    if not _DIGITS.fullmatch(text):
+        return None
+    significant = text.lstrip("0") or "0"
+    return int(significant) if len(significant) <= 18 else sys.maxsize
+
+
 class _Framing(Exception):
     def __init__(self, rejection: WebhookRejected, raw: bytes = b"") -> None:
         super().__init__(rejection)
@@ -783,8 +852,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def handle_expect_100(self) -> bool:
         # An oversized body is refused before the client sends it: no "100 Continue", do_POST answers 413.
-        length = self.headers.get("Content-Length", "")
-        if length.strip().isdigit() and int(length) > self.receiver.config.max_body_bytes:
+        length = _content_length(self.headers.get("Content-Length", ""))
+        if length is not None and length > self.receiver.config.max_body_bytes:
             return True
         return super().handle_expect_100()
 
@@ -863,13 +932,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise _Framing(WebhookRejected(400, "bad_framing", "both Content-Length and Transfer-Encoding"))
         if lengths:
-            if len(set(lengths)) > 1 or not lengths[0].strip().isdigit():
+            length = _content_length(lengths[0]) if len(set(lengths)) == 1 else None
+            if length is None:
                 self.close_connection = True
                 raise _Framing(WebhookRejected(400, "bad_framing", "Content-Length is not one integer"))
-            length = int(lengths[0])
             if length > limit:
+                shown = lengths[0].strip()
+                shown = shown if len(shown) <= 24 else f"{shown[:20]}..."
                 raise _Framing(
-                    WebhookRejected(413, "too_large", f"Content-Length {length} is over the limit of {limit}")
+                    WebhookRejected(413, "too_large", f"Content-Length {shown} is over the limit of {limit}")
                 )
             body = self.rfile.read(length)
             if len(body) < length:
@@ -939,6 +1010,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": "not_found", "detail": f"deliveries go to POST {EVENTS_PATH}"})
             return
         receiver = self.receiver
+        if receiver._limiter is not None:
+            wait = receiver._limiter.take(self.client_address[0], time.monotonic())
+            if wait > 0:
+                receiver._count("rate_limited")
+                log.debug("webhook receiver: %s is over the rate limit", self.client_address[0])
+                self.close_connection = True  # the body is not read
+                limit = f"{receiver.config.rate_limit_per_s:g}/s (burst {receiver.config.rate_burst})"
+                try:
+                    self._send(
+                        429,
+                        {"error": "rate_limited", "detail": f"over {limit} for {self.client_address[0]}"},
+                        {"Retry-After": str(max(1, math.ceil(wait)))},
+                    )
+                except OSError:
+                    return
+                self._linger()
+                return
         if not receiver._enter():
             self.close_connection = True
             self._send(

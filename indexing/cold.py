@@ -30,7 +30,14 @@ import pyarrow as pa
 
 from indexing.segment import CHUNK_SCHEMA
 from tierflow.errors import ConfigError, IncompatibleIndex
-from tierflow.s3 import Credentials, ObjectStoreUnavailable, check_prefix, is_s3_uri, resolved_credentials
+from tierflow.s3 import (
+    Credentials,
+    ObjectStoreUnavailable,
+    check_prefix,
+    is_s3_uri,
+    resolved_credentials,
+    traversal,
+)
 
 DTYPES = {"float16": (pa.float16(), np.float16), "float32": (pa.float32(), np.float32)}
 INDEX_KINDS = ("flat", "ivf_pq")
@@ -54,7 +61,8 @@ class ColdConfig:
         nprobes: IVF partitions searched per query.
         refine_factor: PQ candidates re-scored with the stored vectors, as a multiple of the ones wanted
             (10 kept only 0.74 of the exact top 10 on the lifecycle benchmark's clustered vectors; 50: 0.998).
-        endpoint_url: S3 API endpoint (MinIO, moto ...); empty for AWS or ``AWS_ENDPOINT_URL``.
+        endpoint_url: S3 API endpoint (MinIO, moto ...); empty for AWS or ``AWS_ENDPOINT_URL``. An
+            ``https://`` one is verified (see :mod:`tierflow.s3`: ``AWS_CA_BUNDLE`` for a private CA).
         region: S3 region; empty takes it from the AWS environment/config.
         version_retention_s: Old table versions younger than this are kept, so that searches holding
             them finish; older ones are removed by the lifecycle run's cleanup.
@@ -97,6 +105,8 @@ class ColdConfig:
             raise ConfigError("cold.uri is empty: give a local directory or s3://bucket/prefix")
         if is_s3_uri(self.uri) and not self.uri[len("s3://") :].split("/")[0]:
             raise ConfigError(f"cold.uri {self.uri!r} names no bucket: write it as s3://bucket/prefix")
+        if is_s3_uri(self.uri) and (reason := traversal(self.uri)):
+            raise ConfigError(f"cold.uri: {reason}")
         if self.nprobes < 1 or self.refine_factor < 1:
             raise ConfigError("cold.nprobes and cold.refine_factor must be >= 1")
 

@@ -161,7 +161,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return value.lower() in ("1", "true", "yes")
         if hint in (int, float, str, bool):
             return hint(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf), float(10**400)
         raise ConfigError(f"{where} must be a {hint.__name__}, got {value!r}") from None
     return value
 
@@ -175,6 +175,18 @@ def build(cls: type[Any], values: dict[str, Any], where: str = "") -> Any:
         raise ConfigError(
             f"unknown setting(s) {', '.join(f'{where}{k}' for k in unknown)}; known: {sorted(known)}"
         )
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in values]
+    if missing:
+        variables = [f"{ENV_PREFIX}{where}{name}".replace(".", "__").upper() for name in missing]
+        shown = ", ".join(
+            f"{where}{name} (or {variable})" for name, variable in zip(missing, variables, strict=True)
+        )
+        raise ConfigError(f"missing setting(s) {shown}: no default, so it must be set")
     kwargs = {k: _coerce(v, hints[k], f"{where}{k}") for k, v in values.items()}
     return cls(**kwargs)
 
@@ -190,14 +202,26 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def _from_env(environ: dict[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}  # the variable that set each value, to name it in errors
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         node = values
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        for depth, part in enumerate(parts):
+            path = tuple(parts[: depth + 1])
+            last = depth == len(parts) - 1
+            if part in node and (last or not isinstance(node[part], dict)):
+                other = origin.get(path) or next(v for k, v in origin.items() if k[: len(path)] == path)
+                raise ConfigError(
+                    f"environment variables {other} and {name} both set {'.'.join(path)}: "
+                    "a setting is either a value or a table of settings; unset one of them"
+                )
+            if last:
+                node[part] = value
+                origin[path] = name
+            else:
+                node = node.setdefault(part, {})
     return values
 
 
@@ -239,9 +263,15 @@ def load_settings(
         )
     if file.exists():
         try:
-            file_values = tomllib.loads(file.read_text())
+            file_values = tomllib.loads(file.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"config file {file} is not UTF-8 (byte {err.start}: {err.reason}); TOML files must be UTF-8"
+            ) from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {file} is not valid TOML: {err}") from err
+        except RecursionError:
+            raise ConfigError(f"config file {file} is not valid TOML: nested too deeply to parse") from None
     env_values = _from_env(dict(os.environ) if environ is None else environ)
     merged = _merge(file_values, env_values)
     if section is None:

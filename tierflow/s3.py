@@ -5,6 +5,15 @@ that LanceDB's object store is given. botocore errors are translated at this bou
 :class:`~tierflow.errors.ConfigError` for what configuration must fix (a missing bucket, no credentials,
 an unreachable endpoint), :class:`ObjectUnreadable` for one object that cannot be read, and
 :class:`ObjectStoreUnavailable` for what a retry may fix. Each keeps the uri it was about.
+
+TLS: boto3 verifies an ``https://`` endpoint (and AWS itself) against botocore's CA bundle, or the one
+``AWS_CA_BUNDLE`` names (a private CA for MinIO and the like); LanceDB's object store, which the cold
+tier writes through, verifies against the system's certificate store. ``allow_http`` is passed to it
+only for an ``http://`` endpoint.
+
+Locations: a ``.`` or ``..`` segment in an ``s3://`` uri is refused (:func:`traversal`): S3 keys are not
+paths, but HTTP clients, proxies and S3-compatible servers may resolve such a segment to another key,
+prefix or bucket.
 """
 
 from __future__ import annotations
@@ -64,6 +73,18 @@ def is_s3_uri(path: str) -> bool:
     return path.startswith(S3_SCHEME)
 
 
+def traversal(uri: str) -> str | None:
+    """Why the ``s3://`` uri is refused as a location (a ``.`` or ``..`` segment), or None when it is not."""
+    segments = uri[len(S3_SCHEME) :].split("/")
+    bad = next((part for part in segments if part in (".", "..")), None)
+    if bad is None:
+        return None
+    return (
+        f"{uri!r} has a {bad!r} segment; refused: S3 keys are not paths, and an HTTP client, proxy or "
+        "S3-compatible server may resolve it to another key or bucket"
+    )
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/key`` -> ``("bucket", "some/key")``.
 
@@ -80,7 +101,14 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 # botocore clients are thread-safe, making them is not, and a new session costs ~0.1 s.
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
-_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+# What the environment gives a client, besides the arguments: credentials and the CA bundle.
+_CLIENT_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_CA_BUNDLE",
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +143,7 @@ def _session(region: str | None, credentials: Credentials | None) -> Any:
 
 
 def s3_client(endpoint_url: str | None, region: str | None, credentials: Credentials | None = None) -> Any:
-    key = (endpoint_url, region, credentials, *(os.environ.get(name) for name in _CREDENTIAL_ENV))
+    key = (endpoint_url, region, credentials, *(os.environ.get(name) for name in _CLIENT_ENV))
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
