@@ -105,16 +105,16 @@ Configuration errors (an empty column name, an empty text tuple) raise
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from connectors.jsonparse import TOO_MANY_DIGITS, has_surrogate
+from tierflow import jsonparse
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError
+from tierflow.jsonparse import json_type
 from tierflow.records import DocumentEvent, SourcePosition
 
 __all__ = [
@@ -310,22 +310,10 @@ def _dead(reject: _Reject, position: SourcePosition, raw: bytes) -> DeadLetter:
 def _parse_json(data: bytes, what: str) -> tuple[str, Any] | _Reject:
     """(the text, its JSON value) or why it is not JSON."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return _Reject("not_utf8", f"{what} has invalid UTF-8 at byte {err.start}: {err.reason}")
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as err:
-        return _Reject(
-            "malformed_json", f"{what} is not JSON: {err.msg} at line {err.lineno} column {err.colno}"
-        )
-    except ValueError:
-        return _Reject("malformed_json", f"{what} is not usable JSON: {TOO_MANY_DIGITS}")
-    except RecursionError:
-        return _Reject("malformed_json", f"{what} is JSON nested too deeply to parse")
-    if ("\\ud" in text or "\\uD" in text) and has_surrogate(parsed):
-        return _Reject("not_utf8", f"{what} holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
-    return text, parsed
+        parsed = jsonparse.loads(data)
+    except jsonparse.JsonRejected as err:
+        return _Reject(err.reason, f"{what} is not usable JSON: {err.detail}")
+    return data.decode("utf-8"), parsed
 
 
 def _unwrap(data: Any) -> Any:
@@ -348,7 +336,7 @@ def _parse_value(value: bytes | None) -> dict[str, Any] | None | _Reject:
     if not isinstance(payload, dict):
         where = "the payload" if isinstance(parsed[1], dict) else "the value"
         return _Reject(
-            "not_an_object", f"{where} is a JSON {_type(payload)}; expected a Debezium change object"
+            "not_an_object", f"{where} is a JSON {json_type(payload)}; expected a Debezium change object"
         )
     return payload
 
@@ -376,15 +364,7 @@ def _parse_key(key: bytes | None) -> dict[str, Any] | str | int | float | None |
         return data
     return _Reject(
         "not_an_object",
-        f"the record key is a JSON {_type(data)}; expected an object of key columns, a scalar or a string",
-    )
-
-
-def _type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
-        type(value), type(value).__name__
+        f"the record key is a JSON {json_type(data)}; expected an object of key columns, a scalar or a string",
     )
 
 
@@ -466,7 +446,7 @@ def _decode_payload(
     row_name = "after" if upsert else "before"
     row = payload.get(row_name)
     if upsert and row is not None and not isinstance(row, dict):
-        return _Reject("wrong_type", f"'after' is a JSON {_type(row)}; expected an object (the row)")
+        return _Reject("wrong_type", f"'after' is a JSON {json_type(row)}; expected an object (the row)")
     resolved = _doc_id(row if isinstance(row, dict) else None, row_name, key, mapping)
     if isinstance(resolved, _Reject):
         return resolved
@@ -564,7 +544,7 @@ def _id_part(value: Any, what: str) -> str | _Reject:
         return str(value)
     if isinstance(value, float) and math.isfinite(value):
         return str(int(value)) if value.is_integer() else repr(value)
-    return _Reject("wrong_type", f"{what} is a JSON {_type(value)}; expected a string or a number")
+    return _Reject("wrong_type", f"{what} is a JSON {json_type(value)}; expected a string or a number")
 
 
 def _family(source: Mapping[str, Any]) -> str:
@@ -686,7 +666,7 @@ def _text(row: Mapping[str, Any], mapping: DebeziumMapping) -> str | _Reject:
             continue
         if not isinstance(value, str):
             return _Reject(
-                "wrong_type", f"text column {column!r} is a JSON {_type(value)}; expected a string"
+                "wrong_type", f"text column {column!r} is a JSON {json_type(value)}; expected a string"
             )
         if value == mapping.unavailable_value:
             return _unavailable(column, "text")
@@ -703,7 +683,9 @@ def _title(row: Mapping[str, Any], mapping: DebeziumMapping) -> str | _Reject:
     if value is None:
         return ""
     if not isinstance(value, str):
-        return _Reject("wrong_type", f"title column {column!r} is a JSON {_type(value)}; expected a string")
+        return _Reject(
+            "wrong_type", f"title column {column!r} is a JSON {json_type(value)}; expected a string"
+        )
     if value == mapping.unavailable_value:
         return _unavailable(column, "title")
     return value

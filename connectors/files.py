@@ -36,10 +36,11 @@ from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
-from connectors.jsonparse import TOO_MANY_DIGITS, has_surrogate
 from connectors.objectstore import ObjectInfo, ObjectStore, open_store
+from tierflow import jsonparse
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError
+from tierflow.jsonparse import json_type
 from tierflow.records import OPS, DocumentEvent, SourcePosition
 from tierflow.s3 import ObjectStoreError, ObjectStoreUnavailable, ObjectUnreadable, is_s3_uri, traversal
 
@@ -399,21 +400,11 @@ def _read_jsonl(split: FileSplit, store: ObjectStore) -> Iterator[DocumentEvent 
 
 def _parse_json_object(body: bytes) -> dict[str, Any] | _Reject:
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return _Reject("not_utf8", f"invalid UTF-8 at byte {err.start} of the line: {err.reason}")
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as err:
-        return _Reject("malformed_json", f"{err.msg} at column {err.colno}")
-    except ValueError:
-        return _Reject("malformed_json", TOO_MANY_DIGITS)
-    except RecursionError:
-        return _Reject("malformed_json", "JSON nested too deeply to parse")
+        record = jsonparse.loads(body)
+    except jsonparse.JsonRejected as err:
+        return _Reject(err.reason, err.detail)
     if not isinstance(record, dict):
-        return _Reject("not_an_object", f"a JSON {type(record).__name__}, expected an object per line")
-    if ("\\ud" in text or "\\uD" in text) and has_surrogate(record):
-        return _Reject("not_utf8", "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
+        return _Reject("not_an_object", f"a JSON {json_type(record)}, expected an object per line")
     return record
 
 
@@ -438,7 +429,8 @@ def _map_record(
         )
     if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
         return _Reject(
-            "wrong_type", f"id field {id_field!r} is a {_type(raw_id)}; expected a string or an integer"
+            "wrong_type",
+            f"id field {id_field!r} is a JSON {json_type(raw_id)}; expected a string or an integer",
         )
     doc_id = str(raw_id)
     if not doc_id.strip():
@@ -471,7 +463,9 @@ def _map_record(
             value = record.get(field)
             if value is not None and not isinstance(value, str):
                 return _Reject(
-                    "wrong_type", f"{name} field {field!r} is a {_type(value)}; expected a string", doc_id
+                    "wrong_type",
+                    f"{name} field {field!r} is a JSON {json_type(value)}; expected a string",
+                    doc_id,
                 )
         text, title = record.get(text_field) or "", record.get(title_field) or ""
 
@@ -486,14 +480,10 @@ def _map_record(
     return DocumentEvent(doc_id, op, text, title, metadata, position, version, event_time)  # type: ignore[arg-type]
 
 
-def _type(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def _parse_version(value: Any) -> tuple[int, float | None] | str:
     """(version, event time in epoch seconds if the value is a timestamp), or what is wrong with it."""
     if isinstance(value, bool) or value is None:
-        return f"is {_type(value)}; expected an integer, a float (epoch seconds) or an ISO-8601 timestamp"
+        return f"is a JSON {json_type(value)}; expected an integer, a float (epoch seconds) or an ISO-8601 timestamp"
     if isinstance(value, int):
         return _fits(value, None)
     if isinstance(value, float):
@@ -512,7 +502,7 @@ def _parse_version(value: Any) -> tuple[int, float | None] | str:
     elif isinstance(value, date):
         moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
     else:
-        return f"is a {_type(value)}; expected an integer, a float (epoch seconds) or an ISO-8601 timestamp"
+        return f"is a JSON {json_type(value)}; expected an integer, a float (epoch seconds) or an ISO-8601 timestamp"
     nanos = (moment - _EPOCH) // timedelta(microseconds=1) * 1000
     return _fits(nanos, nanos / 1e9)
 

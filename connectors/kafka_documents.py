@@ -80,9 +80,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from connectors.jsonparse import TOO_MANY_DIGITS, has_surrogate, is_finite_number
+from tierflow import jsonparse
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import BadRecord
+from tierflow.jsonparse import is_finite_number, json_type
 from tierflow.records import OPS, DocumentEvent, Op, SourcePosition
 
 __all__ = [
@@ -163,11 +164,11 @@ def encode_document(
         (b'd1', None)
     """
     if not isinstance(doc_id, str):
-        raise BadRecord("wrong_type", f"doc_id is a {_type(doc_id)}; expected a string")
+        raise BadRecord("wrong_type", f"doc_id is a {type(doc_id).__name__}; expected a string")
     if not doc_id.strip():
         raise BadRecord("missing_id", "doc_id is empty")
     if not isinstance(op, str):
-        raise BadRecord("wrong_type", f"op is a {_type(op)}; expected 'upsert' or 'delete'")
+        raise BadRecord("wrong_type", f"op is a {type(op).__name__}; expected 'upsert' or 'delete'")
     if op not in OPS:
         raise BadRecord("bad_op", f"op is {op!r}; expected 'upsert' or 'delete'")
     record: dict[str, Any] = {"op": op}
@@ -348,10 +349,6 @@ def next_offsets(sources: Mapping[str, str]) -> dict[tuple[str, int], int]:
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def _type(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def _utf8(text: str, what: str) -> bytes:
     try:
         return text.encode("utf-8")
@@ -372,26 +369,29 @@ def _content_type(headers: Headers | None) -> str | None:
 def _check_fields(record: Mapping[str, Any], op: Any) -> tuple[str, str] | None:
     """(reason, detail) for the first field that breaks the contract, or None."""
     if not isinstance(op, str):
-        return "wrong_type", f"field 'op' is a {_type(op)}; expected the string 'upsert' or 'delete'"
+        return "wrong_type", f"field 'op' is a JSON {json_type(op)}; expected the string 'upsert' or 'delete'"
     if op not in OPS:
         return "bad_op", f"field 'op' is {op!r}; expected 'upsert' or 'delete'"
     for name in ("text", "title"):
         value = record.get(name)
         if value is not None and not isinstance(value, str):
-            return "wrong_type", f"field {name!r} is a {_type(value)}; expected a string"
+            return "wrong_type", f"field {name!r} is a JSON {json_type(value)}; expected a string"
     metadata = record.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        return "wrong_type", f"field 'metadata' is a {_type(metadata)}; expected an object"
+        return "wrong_type", f"field 'metadata' is a JSON {json_type(metadata)}; expected an object"
     version = record.get("version")
     if version is not None:
         if isinstance(version, bool) or not isinstance(version, int):
-            return "wrong_type", f"field 'version' is a {_type(version)}; expected an integer >= 0"
+            return "wrong_type", f"field 'version' is a JSON {json_type(version)}; expected an integer >= 0"
         if not 0 <= version <= MAX_VERSION:
             return "wrong_type", f"field 'version' is {version}; expected an integer in [0, 2**63 - 1]"
     event_time = record.get("event_time")
     if event_time is not None:
         if isinstance(event_time, bool) or not isinstance(event_time, int | float):
-            return "wrong_type", f"field 'event_time' is a {_type(event_time)}; expected epoch seconds"
+            return (
+                "wrong_type",
+                f"field 'event_time' is a JSON {json_type(event_time)}; expected epoch seconds",
+            )
         if not is_finite_number(event_time):
             return "wrong_type", f"field 'event_time' is {event_time}; expected a finite number"
     if op == "upsert" and record.get("text") is None:
@@ -400,69 +400,12 @@ def _check_fields(record: Mapping[str, Any], op: Any) -> tuple[str, str] | None:
     return None
 
 
-class _Invalid(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    record: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in record:
-            raise _Invalid(f"duplicate name {name!r} in a JSON object")
-        record[name] = value
-    return record
-
-
-def _no_constants(name: str) -> Any:
-    raise _Invalid(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not is_finite_number(value):  # 1e999 parses as Infinity, which the contract refuses
-        shown = text if len(text) <= 24 else f"{text[:20]}..."
-        raise _Invalid(f"the number {shown} is too large for a double (it would be Infinity)")
-    return value
-
-
 def _parse_object(value: bytes) -> dict[str, Any] | tuple[str, str]:
     """The value as a JSON object, or (reason, detail)."""
     try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return "not_utf8", f"the value is not UTF-8 at byte {err.start}: {err.reason}"
-    try:
-        record = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_float=_finite_float
-        )
-    except json.JSONDecodeError as err:
-        return "malformed_json", f"{err.msg} at line {err.lineno} column {err.colno}"
-    except _Invalid as err:
-        return "malformed_json", str(err)
-    except ValueError:
-        return "malformed_json", TOO_MANY_DIGITS
-    except RecursionError:
-        return "malformed_json", "JSON nested too deeply to parse"
+        record = jsonparse.loads(value)
+    except jsonparse.JsonRejected as err:
+        return err.reason, err.detail
     if not isinstance(record, dict):
-        return "not_an_object", f"the value is a JSON {_json_type(record)}; expected an object"
-    if "\\u" in text and has_surrogate(record):
-        return "not_utf8", "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
+        return "not_an_object", f"the value is a JSON {json_type(record)}; expected an object"
     return record
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array"
-
-    if isinstance(value, dict):
-        return any(has_surrogate(k) or has_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_surrogate(v) for v in value)
-    return False

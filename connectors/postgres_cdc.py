@@ -105,10 +105,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from connectors.jsonparse import TOO_MANY_DIGITS, has_surrogate
+from tierflow import jsonparse
 from tierflow.config import build, load_settings
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError, TierflowError, Transient
+from tierflow.jsonparse import json_type
 from tierflow.records import DocumentEvent, SourcePosition
 
 if TYPE_CHECKING:  # imported where used: the pipeline assembly may import this module
@@ -528,22 +529,13 @@ def _decode_change(
     raw: str, position: SourcePosition, txn: Transaction, config: PostgresCdcConfig
 ) -> list[DocumentEvent | DeadLetter]:
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as err:
-        return [_dead(_Reject("malformed_json", f"the change is not JSON: {err}"), position, raw)]
-    except ValueError:
-        reject = _Reject("malformed_json", f"the change is not usable JSON: {TOO_MANY_DIGITS}")
-        return [_dead(reject, position, raw)]
-    except RecursionError:
-        reject = _Reject("malformed_json", "the change is JSON nested too deeply to parse")
-        return [_dead(reject, position, raw)]
-    if ("\\ud" in raw or "\\uD" in raw) and has_surrogate(data):
-        reject = _Reject("not_utf8", "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
-        return [_dead(reject, position, raw)]
+        data = jsonparse.loads(raw)
+    except jsonparse.JsonRejected as err:
+        return [_dead(_Reject(err.reason, f"the change is not usable JSON: {err.detail}"), position, raw)]
     if not isinstance(data, dict):
         return [
             _dead(
-                _Reject("not_an_object", f"the change is a JSON {_type(data)}; expected an object"),
+                _Reject("not_an_object", f"the change is a JSON {json_type(data)}; expected an object"),
                 position,
                 raw,
             )
@@ -653,7 +645,7 @@ def _tuple(data: Mapping[str, Any], name: str) -> dict[str, Any] | None | _Rejec
         return None
     entries = data[name]
     if not isinstance(entries, list):
-        return _Reject("wrong_type", f"'{name}' is a JSON {_type(entries)}; expected an array of columns")
+        return _Reject("wrong_type", f"'{name}' is a JSON {json_type(entries)}; expected an array of columns")
     row: dict[str, Any] = {}
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or "value" not in entry:
@@ -669,14 +661,6 @@ def _pk(data: Mapping[str, Any]) -> tuple[str, ...] | _Reject:
     ):
         return _Reject("wrong_type", f"'pk' is {entries!r}; expected an array of {{'name', 'type'}}")
     return tuple(e["name"] for e in entries)
-
-
-def _type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
-        type(value), type(value).__name__
-    )
 
 
 def _doc_id(
@@ -696,7 +680,7 @@ def _doc_id(
             return _Reject("missing_id", f"id column {name!r} is {where} the {op} row of {table}{hint}")
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             return _Reject(
-                "wrong_type", f"id column {name!r} is a JSON {_type(value)}; expected a string or number"
+                "wrong_type", f"id column {name!r} is a JSON {json_type(value)}; expected a string or number"
             )
         if isinstance(value, float):
             if not math.isfinite(value):
@@ -730,7 +714,7 @@ def _text(row: Mapping[str, Any], mapping: TableMapping, table: str, action: str
             continue
         if not isinstance(value, str):
             return _Reject(
-                "wrong_type", f"text column {column!r} is a JSON {_type(value)}; expected a string"
+                "wrong_type", f"text column {column!r} is a JSON {json_type(value)}; expected a string"
             )
         present = True
         if value:
@@ -756,7 +740,9 @@ def _title(row: Mapping[str, Any], mapping: TableMapping, table: str, action: st
     if value is None:
         return ""
     if not isinstance(value, str):
-        return _Reject("wrong_type", f"title column {column!r} is a JSON {_type(value)}; expected a string")
+        return _Reject(
+            "wrong_type", f"title column {column!r} is a JSON {json_type(value)}; expected a string"
+        )
     return value
 
 

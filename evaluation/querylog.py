@@ -52,8 +52,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tierflow import jsonparse
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import BadRecord, ConfigError, TierflowError
+from tierflow.jsonparse import json_type
 from tierflow.records import SourcePosition
 
 QRELS_HEADER = "query-id\tcorpus-id\tscore\n"
@@ -319,21 +321,17 @@ class _LogReader:
 
     def _parse(self, line: bytes, number: int) -> _Interaction | None:
         try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise BadRecord("not_utf8", f"line is not valid UTF-8: {err}") from err
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise BadRecord("malformed_json", f"line is not valid JSON: {err}") from err
+            record = jsonparse.loads(line)
+        except jsonparse.JsonRejected as err:
+            raise BadRecord(err.reason, f"line {number} is not usable JSON: {err.detail}") from err
         if not isinstance(record, dict):
-            raise BadRecord("not_object", f"expected a JSON object, got a JSON {_json_type(record)}")
+            raise BadRecord("not_object", f"expected a JSON object, got a JSON {json_type(record)}")
         names = self.fields
         query = record.get(names.query)
         if query is None:
             raise BadRecord("missing_query", f"no {names.query!r} field")
         if not isinstance(query, str):
-            raise BadRecord("wrong_type", f"{names.query!r} must be a string, got a JSON {_json_type(query)}")
+            raise BadRecord("wrong_type", f"{names.query!r} must be a string, got a JSON {json_type(query)}")
         key = normalise_query(query)
         if not key:
             raise BadRecord("missing_query", f"{names.query!r} is empty")
@@ -348,7 +346,7 @@ class _LogReader:
         else:
             raise BadRecord(
                 "wrong_type",
-                f"{names.session!r} must be a string or integer, got a JSON {_json_type(session)}",
+                f"{names.session!r} must be a string or integer, got a JSON {json_type(session)}",
             )
         if not self._in_window(record):
             self.filtered += 1
@@ -383,30 +381,18 @@ def _doc_ids(record: dict[str, Any], name: str) -> set[str]:
     if value is None:
         return set()
     if not isinstance(value, list):
-        raise BadRecord("wrong_type", f"{name!r} must be a list of doc ids, got a JSON {_json_type(value)}")
+        raise BadRecord("wrong_type", f"{name!r} must be a list of doc ids, got a JSON {json_type(value)}")
     ids: set[str] = set()
     for item in value:
         if isinstance(item, bool) or not isinstance(item, str | int):
             raise BadRecord(
-                "wrong_type", f"{name!r} must hold strings or integers, found a JSON {_json_type(item)}"
+                "wrong_type", f"{name!r} must hold strings or integers, found a JSON {json_type(item)}"
             )
         doc = str(item)
         if not doc.strip():
             raise BadRecord("wrong_type", f"{name!r} holds an empty doc id")
         ids.add(doc)
     return ids
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
 
 
 def _grade(

@@ -165,6 +165,8 @@ def test_decoding_rejects_malformed_changes_with_reasons() -> None:
         '{"action":"I","schema":"public","table":"articles","columns":{"id":1}}',
         '{"action":"I","schema":"public","table":"articles","columns":[{"name":"id","type":"jsonb",'
         '"value":{"a":1}},{"name":"body","type":"text","value":"x"}],"pk":[{"name":"id","type":"jsonb"}]}',
+        '{"action":"I","schema":"public","table":"articles","columns":[{"name":"id","type":"int","value":8},'
+        '{"name":"score","type":"float8","value":NaN}],"pk":[{"name":"id","type":"integer"}]}',
         '{"action":"I","schema":"public","table":"articles","columns":[{"name":"id","type":"int","value":9},'
         '{"name":"body","type":"text","value":"fine"}],"pk":[{"name":"id","type":"integer"}]}',
     ]
@@ -177,8 +179,9 @@ def test_decoding_rejects_malformed_changes_with_reasons() -> None:
         "unknown_op",
         "wrong_type",
         "wrong_type",
+        "malformed_json",
     ]
-    assert [letter.raw for letter in letters] == rows[:5]
+    assert [letter.raw for letter in letters] == rows[:6]
     assert all(letter.stage == "decode" and letter.source.key == "postgres:s" for letter in letters)
     (event,) = [i for i in items if isinstance(i, DocumentEvent)]
     assert (event.doc_id, event.text, event.version, event.metadata["xid"]) == ("9", "fine", 1000, 7)

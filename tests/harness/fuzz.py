@@ -218,7 +218,7 @@ def check_event(event: Any, system: str) -> None:
     if not isinstance(event.metadata, dict):
         raise Finding("metadata_not_a_dict", type(event.metadata).__name__)
     try:
-        json.dumps(event.metadata, ensure_ascii=False).encode("utf-8")
+        json.dumps(event.metadata, ensure_ascii=False, allow_nan=False).encode("utf-8")  # RFC 8259
     except (TypeError, ValueError, RecursionError) as err:
         raise Finding("metadata_not_storable", f"{type(err).__name__}: {err}") from None
     if isinstance(event.version, bool) or not isinstance(event.version, int):
