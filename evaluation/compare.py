@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -41,14 +40,13 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
+from evaluation.report import METRIC_KEY, metric_order
 from tierflow.errors import ConfigError
 
 Verdict = Literal["pass", "fail", "excused", "ungated"]
 
 _TOLERANCE = 1e-9  # gate slack for float noise in means
 _ZERO_SPREAD = 1e-12  # per-query differences this close count as equal (zero variance)
-_ROW_ORDER = ("ndcg", "recall", "p", "mrr", "map")
-_KEY = re.compile(r"^(?P<name>[^@]+)(?:@(?P<k>\d+))?$")
 _BOOTSTRAP_CHUNK = 4_000_000  # resampled indices held in memory at once
 _VERDICT_MARK = {"pass": "✅", "fail": "❌", "excused": "✅ (drop not significant)", "ungated": "–"}
 
@@ -248,7 +246,7 @@ def parse_thresholds(items: Sequence[str]) -> dict[str, float]:
         metric = metric.strip()
         if not sep or not metric or not value.strip():
             raise ConfigError(f"--max-drop {item!r}: expected METRIC=MAX_DROP, e.g. ndcg@10=0.01")
-        if not _KEY.match(metric):
+        if not METRIC_KEY.match(metric):
             raise ConfigError(f"--max-drop {item!r}: {metric!r} is not a metric key like ndcg@10 or map")
         if metric in thresholds:
             raise ConfigError(f"--max-drop {item!r}: {metric} is given more than once")
@@ -312,10 +310,10 @@ def compare(
     cur_mean: Mapping[str, float] = current["metrics"]["mean"]
     warnings: list[str] = []
     if metrics is None:
-        names = sorted(set(base_mean) & set(cur_mean), key=_metric_order)
+        names = sorted(set(base_mean) & set(cur_mean), key=metric_order)
         for label, only in (
-            ("baseline", sorted(set(base_mean) - set(cur_mean), key=_metric_order)),
-            ("current", sorted(set(cur_mean) - set(base_mean), key=_metric_order)),
+            ("baseline", sorted(set(base_mean) - set(cur_mean), key=metric_order)),
+            ("current", sorted(set(cur_mean) - set(base_mean), key=metric_order)),
         ):
             if only:
                 warnings.append(f"metrics only in the {label} report, not compared: {', '.join(only)}")
@@ -643,7 +641,7 @@ def _missing_message(
             name for name, mean in (("baseline", base_mean), ("current", cur_mean)) if metric not in mean
         ]
         parts.append(f"{metric} (missing from the {' and '.join(absent)} report)")
-    available = sorted(set(base_mean) & set(cur_mean), key=_metric_order)
+    available = sorted(set(base_mean) & set(cur_mean), key=metric_order)
     return (
         f"{what} metric not in both reports: {', '.join(parts)}; "
         f"metrics in both: {', '.join(available) or 'none'}"
@@ -658,13 +656,6 @@ def _max_drop(value: str, where: str) -> float:
     if not math.isfinite(limit) or limit < 0:
         raise ConfigError(f"{where}: the allowed drop must be a finite number >= 0, got {value.strip()!r}")
     return limit
-
-
-def _metric_order(key: str) -> tuple[int, str, int]:
-    match = _KEY.match(key)
-    name = match["name"] if match else key
-    k = int(match["k"]) if match and match["k"] else sys.maxsize
-    return (_ROW_ORDER.index(name) if name in _ROW_ORDER else len(_ROW_ORDER), name, k)
 
 
 def _title(report: Mapping[str, Any]) -> str | None:

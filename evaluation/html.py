@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from evaluation.beir import BeirDataset
 from evaluation.metrics import trec_order
-from evaluation.report import _KEY, _ROW_ORDER, _flatten
+from evaluation.report import flatten, metric_grid
 
 TOP_DOCS = 10  # retrieved documents shown per worst query
 SNIPPET_CHARS = 280
@@ -161,7 +161,7 @@ def _nav(result: Mapping[str, Any]) -> str:
 
 
 def _provenance(provenance: Mapping[str, Any]) -> str:
-    items = _flatten(provenance)
+    items = flatten(provenance)
     if not items:
         return '<p class="note">The result records no provenance.</p>'
     rows = [
@@ -171,27 +171,8 @@ def _provenance(provenance: Mapping[str, Any]) -> str:
     return _table(["Item", "Value"], rows, css="provenance")
 
 
-def _grid(
-    mean: Mapping[str, float],
-) -> tuple[list[str], list[int | None], dict[str, dict[int | None, float]]]:
-    """Metric names (report order), columns (cut-offs ascending, then None for 'full') and the cells."""
-    cells: dict[str, dict[int | None, float]] = {}
-    for key, value in mean.items():
-        match = _KEY.match(key)
-        if match is None:
-            raise ValueError(f"metric key {key!r} is not 'name' or 'name@k'")
-        cutoff = int(match["k"]) if match["k"] else None
-        cells.setdefault(match["name"], {})[cutoff] = float(value)
-    cutoffs = sorted({k for row in cells.values() for k in row if k is not None})
-    columns: list[int | None] = [*cutoffs, *([None] if any(None in row for row in cells.values()) else [])]
-    names = sorted(
-        cells, key=lambda name: (_ROW_ORDER.index(name) if name in _ROW_ORDER else len(_ROW_ORDER), name)
-    )
-    return names, columns, cells
-
-
 def _metrics_table(mean: Mapping[str, float]) -> str:
-    names, columns, cells = _grid(mean)
+    names, columns, cells = metric_grid(mean)
     header = ["Metric", *(f"@{k}" if k is not None else "full" for k in columns)]
     rows = []
     for name in names:
@@ -265,7 +246,7 @@ def _table(
 
 
 def _cutoff_plot(mean: Mapping[str, float]) -> str:
-    names, columns, cells = _grid(mean)
+    names, columns, cells = metric_grid(mean)
     series = {name: sorted((k, v) for k, v in cells[name].items() if k is not None) for name in names}
     series = {name: points for name, points in series.items() if points}
     if not series:
@@ -348,7 +329,7 @@ def _focus_metric(mean: Mapping[str, float]) -> str | None:
     """nDCG@10, else the nDCG with the smallest cut-off, else the first metric in report order."""
     if "ndcg@10" in mean:
         return "ndcg@10"
-    names, columns, cells = _grid(mean)
+    names, columns, cells = metric_grid(mean)
     for name in names:
         for k in columns:
             if k in cells[name]:

@@ -22,7 +22,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from evaluation.report import _flatten
+from evaluation.report import flatten
 
 # Provenance keys (flattened with dots) copied into <properties>: these prefixes, and the keys themselves.
 _PROPERTY_PREFIXES = ("dataset", "model", "index", "code_version")
@@ -154,7 +154,7 @@ def _suite(name: str, result: Mapping[str, Any], limits: Mapping[str, float]) ->
 def _essentials(provenance: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return [
         (key, value)
-        for key, value in _flatten(provenance)
+        for key, value in flatten(provenance)
         if any(key == prefix or key.startswith(prefix + ".") for prefix in _PROPERTY_PREFIXES)
     ]
 

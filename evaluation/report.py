@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-_ROW_ORDER = ("ndcg", "recall", "p", "mrr", "map")
+_ROW_ORDER = ("ndcg", "recall", "p", "mrr", "map")  # the order metrics are listed in
 _SUMMARY = (
     ("nDCG@10", "ndcg@10"),
     ("Recall@10", "recall@10"),
@@ -26,7 +27,7 @@ _SUMMARY = (
     ("P@10", "p@10"),
     ("MAP", "map"),
 )
-_KEY = re.compile(r"^(?P<name>[^@]+)(?:@(?P<k>\d+))?$")
+METRIC_KEY = re.compile(r"^(?P<name>[^@]+)(?:@(?P<k>\d+))?$")  # "name" or "name@k"
 
 
 def write_reports(out_dir: str | Path, result: dict[str, Any]) -> dict[str, Path]:
@@ -69,7 +70,7 @@ def _markdown(result: Mapping[str, Any]) -> str:
     title = result.get("title")
     lines = [f"# Evaluation report: {title}" if title else "# Evaluation report", ""]
     lines += ["## What produced this", "", "| Item | Value |", "| --- | --- |"]
-    lines += [f"| {_cell(key)} | {_cell(value)} |" for key, value in _flatten(result.get("provenance", {}))]
+    lines += [f"| {_cell(key)} | {_cell(value)} |" for key, value in flatten(result.get("provenance", {}))]
     lines += ["", *_metrics_table(result["metrics"]["mean"], len(result["metrics"]["per_query"]))]
     if "reference" in result:
         lines += ["", *_comparison(result["metrics"]["mean"], result["reference"])]
@@ -77,18 +78,7 @@ def _markdown(result: Mapping[str, Any]) -> str:
 
 
 def _metrics_table(mean: Mapping[str, float], num_queries: int) -> list[str]:
-    cells: dict[str, dict[int | None, float]] = {}
-    for key, value in mean.items():
-        match = _KEY.match(key)
-        if match is None:
-            raise ValueError(f"metric key {key!r} is not 'name' or 'name@k'")
-        cutoff = int(match["k"]) if match["k"] else None
-        cells.setdefault(match["name"], {})[cutoff] = value
-    cutoffs = sorted({k for row in cells.values() for k in row if k is not None})
-    columns: list[int | None] = [*cutoffs, *([None] if any(None in row for row in cells.values()) else [])]
-    names = sorted(
-        cells, key=lambda name: (_ROW_ORDER.index(name) if name in _ROW_ORDER else len(_ROW_ORDER), name)
-    )
+    names, columns, cells = metric_grid(mean)
     header = ["Metric", *(f"@{k}" if k is not None else "full" for k in columns)]
     lines = [
         f"## Metrics (mean over {num_queries} queries)",
@@ -117,12 +107,13 @@ def _comparison(mean: Mapping[str, float], reference: Mapping[str, float]) -> li
     return lines
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings as sorted ``("a.b.c", value)`` pairs (how provenance is shown in tables)."""
     items: list[tuple[str, Any]] = []
     for key in sorted(tree):
         value = tree[key]
         if isinstance(value, Mapping) and value:
-            items += _flatten(value, f"{prefix}{key}.")
+            items += flatten(value, f"{prefix}{key}.")
         else:
             items.append((f"{prefix}{key}", value))
     return items
@@ -135,3 +126,28 @@ def _cell(value: Any) -> str:
 
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def metric_grid(
+    mean: Mapping[str, float],
+) -> tuple[list[str], list[int | None], dict[str, dict[int | None, float]]]:
+    """Metric names (report order), columns (cut-offs ascending, then None for 'full') and the cells."""
+    cells: dict[str, dict[int | None, float]] = {}
+    for key, value in mean.items():
+        match = METRIC_KEY.match(key)
+        if match is None:
+            raise ValueError(f"metric key {key!r} is not 'name' or 'name@k'")
+        cutoff = int(match["k"]) if match["k"] else None
+        cells.setdefault(match["name"], {})[cutoff] = float(value)
+    cutoffs = sorted({k for row in cells.values() for k in row if k is not None})
+    columns: list[int | None] = [*cutoffs, *([None] if any(None in row for row in cells.values()) else [])]
+    names = sorted(cells, key=lambda name: metric_order(name)[:2])
+    return names, columns, cells
+
+
+def metric_order(key: str) -> tuple[int, str, int]:
+    """Sort key for metric keys: the report's row order (nDCG, recall, P, MRR, MAP, others), then cut-off."""
+    match = METRIC_KEY.match(key)
+    name = match["name"] if match else key
+    k = int(match["k"]) if match and match["k"] else sys.maxsize
+    return (_ROW_ORDER.index(name) if name in _ROW_ORDER else len(_ROW_ORDER), name, k)
