@@ -10,6 +10,15 @@ Vectors are stored as ``float16`` by default (half the bytes of ``float32``; cos
 about 1e-3, which reorders near-ties only) or ``float32``. Above ``index_min_rows`` rows an IVF_PQ index
 can be built (``index = "ivf_pq"``); searches then refine the PQ candidates with the stored vectors.
 
+On S3 every request is retried with backoff per ``[cold]``'s ``max_attempts`` / ``timeout_s`` /
+``connect_timeout_s`` / ``retry_timeout_s`` (:class:`tierflow.s3.RetryPolicy`, given to boto3 and to
+LanceDB's object store). A Lance operation that still fails with a transient error (LanceDB does not
+retry a commit whose conditional PUT timed out, since it cannot know whether it landed) is tried again
+whole, up to ``operation_attempts`` times, on the latest table version; an append first checks whether the
+failed try's commit landed after all, so rows are never written twice. What a retry cannot fix (403
+AccessDenied, a missing bucket) raises :class:`~tierflow.errors.ConfigError` at once; a store still failing
+after the retries raises :class:`~tierflow.s3.ObjectStoreUnavailable`, naming the operation and the cause.
+
 Example:
     >>> cold = ColdStore(ColdConfig(uri="s3://bucket/tierflow/cold", endpoint_url="http://127.0.0.1:9000"))
     >>> cold.check()  # bucket reachable, credentials usable: before anything moves
@@ -19,30 +28,39 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import math
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from indexing.segment import CHUNK_SCHEMA
-from tierflow.errors import ConfigError, IncompatibleIndex
+from tierflow.errors import ConfigError, IncompatibleIndex, Transient
 from tierflow.s3 import (
     Credentials,
     ObjectStoreUnavailable,
+    RetryPolicy,
     check_prefix,
     is_s3_uri,
     resolved_credentials,
+    translate_object_store_error,
     traversal,
 )
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DTYPES = {"float16": (pa.float16(), np.float16), "float32": (pa.float32(), np.float32)}
 INDEX_KINDS = ("flat", "ivf_pq")
 APPEND_ROWS = 20_000  # rows per Lance write: bounded memory, few versions
 IN_LIST = 500  # ids per IN (...) predicate
+RETRY_BACKOFF_S = 0.5  # before the second try of a whole Lance operation; doubled for each one after
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,18 @@ class ColdConfig:
         profile: A named AWS profile (empty: the usual chain).
         access_key_id, secret_access_key, session_token: Keys (prefer ``TIERFLOW__COLD__...`` variables
             to a file); empty: the usual chain.
+        max_attempts: Tries of one S3 request in all, with exponential backoff between them (boto3's
+            ``retries.max_attempts``; LanceDB's ``client_max_retries`` is one less). Only 5xx, throttling,
+            timeouts and dropped connections are retried.
+        retry_mode: boto3's retry mode, ``standard`` or ``adaptive`` (client-side rate limiting when
+            throttled).
+        timeout_s: Seconds one S3 request may take (boto3's ``read_timeout``; LanceDB's ``timeout``, the
+            whole request); a slower one is retried.
+        connect_timeout_s: Seconds to open a connection to S3.
+        retry_timeout_s: LanceDB's ``client_retry_timeout``: no retry of a request starts after this long.
+        operation_attempts: Tries of one whole Lance operation (an append, delete, scan, search, compaction)
+            that failed transiently after the request retries: LanceDB does not retry a commit whose PUT
+            timed out. 1 disables it.
 
     Credentials come from the configuration when given, else from the usual AWS chain
     (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, an instance role), resolved by
@@ -91,10 +121,23 @@ class ColdConfig:
     access_key_id: str = ""
     secret_access_key: str = field(default="", repr=False)
     session_token: str = field(default="", repr=False)
+    max_attempts: int = 5
+    retry_mode: str = "standard"
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    retry_timeout_s: float = 60.0
+    operation_attempts: int = 3
 
     @property
     def credentials(self) -> Credentials:
         return Credentials(self.profile, self.access_key_id, self.secret_access_key, self.session_token)
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The per-request retry policy given to boto3 and LanceDB's object store."""
+        return RetryPolicy(
+            self.max_attempts, self.retry_mode, self.timeout_s, self.connect_timeout_s, self.retry_timeout_s
+        )
 
     def __post_init__(self) -> None:
         if self.vector_dtype not in DTYPES:
@@ -109,6 +152,9 @@ class ColdConfig:
             raise ConfigError(f"cold.uri: {reason}")
         if self.nprobes < 1 or self.refine_factor < 1:
             raise ConfigError("cold.nprobes and cold.refine_factor must be >= 1")
+        self.retry.validate("cold.")
+        if self.operation_attempts < 1:
+            raise ConfigError(f"cold.operation_attempts must be >= 1, got {self.operation_attempts}")
 
     @property
     def location(self) -> dict[str, Any]:
@@ -166,7 +212,7 @@ class ColdStore:
     """Reads and writes the cold tier's Lance table.
 
     Args:
-        config: Location, storage format and S3 settings.
+        config: Location, storage format, S3 settings and retries.
     """
 
     def __init__(self, config: ColdConfig) -> None:
@@ -174,6 +220,7 @@ class ColdStore:
         self._db: Any = None
         self._table: Any = None
         self._indexed: tuple[int, bool] = (-1, False)  # (table version, has a vector index)
+        self._written: dict[str, int] = {}  # batch -> rows this store appended to it
 
     @property
     def np_dtype(self) -> Any:
@@ -183,13 +230,19 @@ class ColdStore:
     def _storage_options(self) -> dict[str, str]:
         if not is_s3_uri(self.config.uri):
             return {}
-        return resolved_credentials(
+        credentials = resolved_credentials(
             self.config.endpoint_url or None, self.config.region or None, self.config.credentials
         )
+        return {**credentials, **self.config.retry.object_store_options()}
 
     def check(self) -> None:
         """Fail with a :class:`ConfigError` unless the tier is usable: the bucket exists and is reachable
-        with usable credentials, or the local directory can be created and written."""
+        with usable credentials, or the local directory can be created and written.
+
+        Raises:
+            ConfigError: As above.
+            ObjectStoreUnavailable: S3 answered 5xx/throttling on every try.
+        """
         if is_s3_uri(self.config.uri):
             self._storage_options()  # raises when there are no credentials at all
             check_prefix(
@@ -197,6 +250,7 @@ class ColdStore:
                 self.config.endpoint_url or None,
                 self.config.region or None,
                 self.config.credentials,
+                self.config.retry,
             )
             return
         path = Path(self.config.uri)
@@ -216,16 +270,52 @@ class ColdStore:
             self._db = lancedb.connect(self.config.uri, storage_options=self._storage_options())
         return self._db
 
-    def table(self, min_version: int = 0) -> Any:
-        """The table (None before the first move), at ``min_version`` or later."""
+    def _attempt(self, what: str, op: Callable[[], T]) -> T:
+        """Run ``op`` (Lance calls). On S3 its errors are translated (:func:`translate_object_store_error`)
+        and a transient one is retried, up to ``operation_attempts`` tries in all, with backoff and on the
+        latest table version; a local directory's errors are raised as they are."""
+        if not is_s3_uri(self.config.uri):
+            return op()
+        attempts = self.config.operation_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return op()
+            except (OSError, ValueError, RuntimeError) as err:
+                translated = translate_object_store_error(
+                    err, self.config.uri, self.config.endpoint_url or None
+                )
+                if translated is None:
+                    raise
+                if not isinstance(translated, Transient):
+                    raise translated from err
+                if attempt == attempts:
+                    cause = getattr(translated, "message", str(translated))
+                    raise ObjectStoreUnavailable(
+                        self.config.uri, f"cold tier {what} failed after {attempts} attempt(s): {cause}"
+                    ) from err
+                log.warning("cold tier %s failed (try %d of %d), retrying: %s", what, attempt, attempts, err)
+                time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+                self._table = None  # the next try opens the latest version
+        raise AssertionError("unreachable")
+
+    def _open(self, min_version: int = 0) -> Any:
         if self._table is None:
             db = self._connect()
             if self.config.table not in db.list_tables().tables:
                 return None
-            self._table = db.open_table(self.config.table)
+            try:
+                self._table = db.open_table(self.config.table)
+            except ValueError as err:
+                if "was not found" not in str(err):
+                    raise
+                return None  # listed for the files of a create whose commit never landed; no version yet
         if self._table.version < min_version:
             self._table.checkout_latest()
         return self._table
+
+    def table(self, min_version: int = 0) -> Any:
+        """The table (None before the first move), at ``min_version`` or later."""
+        return self._attempt("open", lambda: self._open(min_version))
 
     @property
     def version(self) -> int:
@@ -241,6 +331,10 @@ class ColdStore:
         doc_fields: dict[str, dict[str, str]],
     ) -> int:
         """Append chunk rows and their vectors under ``batch``; returns the table version after it.
+
+        Each part is one Lance commit. A part whose commit failed transiently is tried again only after
+        checking that the failed try did not land (the rows of ``batch`` are counted): a batch is written
+        by one store, which knows how many rows it holds so far.
 
         Args:
             rows: Hot chunk rows (:data:`ROW_COLUMNS`).
@@ -270,33 +364,60 @@ class ColdStore:
             columns["vector"] = pa.FixedSizeListArray.from_arrays(
                 pa.array(stored.ravel(), type=DTYPES[self.config.vector_dtype][0]), dim
             )
-            table = pa.table(columns, schema=schema)
-            if self._table is None and existing is None:
-                self._table = self._connect().create_table(self.config.table, table)
-                existing = self._table
-            else:
-                self.table().add(table)
+            self._add(pa.table(columns, schema=schema), batch)
         return self.version
 
+    def _add(self, data: pa.Table, batch: str) -> None:
+        before = self._written.get(batch, 0)
+        tries = 0
+
+        def add() -> None:
+            nonlocal tries
+            tries += 1
+            table = self._open()
+            if tries > 1 and table is not None:
+                landed = table.count_rows(f"batch = {quote(batch)}")
+                if landed == before + data.num_rows:
+                    log.info(
+                        "cold append of %d rows to %s had landed before its try failed", data.num_rows, batch
+                    )
+                    return
+            if table is None:
+                self._table = self._connect().create_table(self.config.table, data)
+            else:
+                table.add(data)
+
+        self._attempt("append", add)
+        self._written[batch] = before + data.num_rows
+
     def delete(self, batch: str, doc_ids: list[str] | None = None) -> None:
-        """Delete the rows of ``batch`` (only those of ``doc_ids`` when given)."""
-        table = self.table()
-        if table is None:
-            return
-        if doc_ids is None:
-            table.delete(f"batch = {quote(batch)}")
-            return
-        for start in range(0, len(doc_ids), IN_LIST):
-            ids = ", ".join(quote(d) for d in doc_ids[start : start + IN_LIST])
-            table.delete(f"batch = {quote(batch)} AND doc_id IN ({ids})")
+        """Delete the rows of ``batch`` (only those of ``doc_ids`` when given). Idempotent."""
+
+        def delete() -> None:
+            table = self._open()
+            if table is None:
+                return
+            if doc_ids is None:
+                table.delete(f"batch = {quote(batch)}")
+                return
+            for start in range(0, len(doc_ids), IN_LIST):
+                ids = ", ".join(quote(d) for d in doc_ids[start : start + IN_LIST])
+                table.delete(f"batch = {quote(batch)} AND doc_id IN ({ids})")
+
+        self._attempt("delete", delete)
+        self._written.pop(batch, None)
 
     # ---- reading -------------------------------------------------------------------------------
     def scan(self, where: str, columns: list[str]) -> pa.Table:
         """Rows matching ``where`` (a Lance SQL filter), only ``columns``; empty before the first move."""
-        table = self.table()
-        if table is None:
-            return pa.table({c: [] for c in columns})
-        return table.search().where(where).select(columns).limit(None).to_arrow()
+
+        def scan() -> pa.Table:
+            table = self._open()
+            if table is None:
+                return pa.table({c: [] for c in columns})
+            return table.search().where(where).select(columns).limit(None).to_arrow()
+
+        return self._attempt("scan", scan)
 
     def batch_digest(self, batch: str) -> tuple[int, str]:
         """Row count and :func:`digest` of what the table holds under ``batch``."""
@@ -341,17 +462,29 @@ class ColdStore:
             batches: The live batches (a prefilter).
             visible: ``visible(doc_id, batch) -> bool``; the document table decides what is live.
             min_version: The table version the manifest's last move produced (read at least that one).
+
+        Raises:
+            ObjectStoreUnavailable: The tier could not be read (after the retries, and once more on the
+                latest version, which a cleanup may have left the version read without some files).
+                Never an empty or partial answer in its place: a federated search is all tiers or none.
+            ConfigError: S3 refused access (403) or the bucket is gone; not retried.
         """
-        table = self.table(min_version)
-        if table is None or not batches or k <= 0:
+        if not batches or k <= 0:
             return [[] for _ in queries]
-        try:
+
+        def search() -> list[list[ColdHit]]:
+            table = self._open(min_version)
+            if table is None:
+                return [[] for _ in queries]
             return self._search(table, queries, k, batches, visible)
+
+        try:
+            return self._attempt("search", search)
         except (OSError, ValueError, RuntimeError):
             # The version this process holds may have lost files to a cleanup: read the latest once more.
-            table.checkout_latest()
+            self._table = None
         try:
-            return self._search(table, queries, k, batches, visible)
+            return search()
         except (OSError, ValueError, RuntimeError) as err:
             raise ObjectStoreUnavailable(self.config.uri, f"cold tier search failed: {err}") from err
 
@@ -398,31 +531,43 @@ class ColdStore:
     def optimize(self) -> None:
         """Merge small files, drop versions older than the retention, and build or extend the IVF_PQ
         index when one is configured and the table is big enough."""
-        table = self.table()
-        if table is None:
-            return
-        rows = table.count_rows()
-        if self.config.index == "ivf_pq" and rows >= self.config.index_min_rows and not table.list_indices():
-            dim = table.schema.field("vector").type.list_size
-            table.create_index(
-                metric="dot",
-                vector_column_name="vector",
-                index_type="IVF_PQ",
-                num_partitions=self.config.ivf_partitions or max(1, int(math.sqrt(rows))),
-                num_sub_vectors=self.config.pq_sub_vectors or max(1, dim // 8),
-            )
-        table.optimize(cleanup_older_than=datetime.timedelta(seconds=self.config.version_retention_s))
+
+        def optimize() -> None:
+            table = self._open()
+            if table is None:
+                return
+            rows = table.count_rows()
+            if (
+                self.config.index == "ivf_pq"
+                and rows >= self.config.index_min_rows
+                and not table.list_indices()
+            ):
+                dim = table.schema.field("vector").type.list_size
+                table.create_index(
+                    metric="dot",
+                    vector_column_name="vector",
+                    index_type="IVF_PQ",
+                    num_partitions=self.config.ivf_partitions or max(1, int(math.sqrt(rows))),
+                    num_sub_vectors=self.config.pq_sub_vectors or max(1, dim // 8),
+                )
+            table.optimize(cleanup_older_than=datetime.timedelta(seconds=self.config.version_retention_s))
+
+        self._attempt("optimize", optimize)
 
     def stats(self) -> dict[str, Any]:
         """Rows, bytes (of the live version's files) and the table version."""
-        table = self.table()
-        if table is None:
-            return {"rows": 0, "bytes": 0, "version": 0, "indices": []}
-        table.checkout_latest()
-        stats = table.stats()
-        return {
-            "rows": int(stats["num_rows"]),
-            "bytes": int(stats["total_bytes"]),
-            "version": int(table.version),
-            "indices": [str(ix.index_type) for ix in table.list_indices()],
-        }
+
+        def stats() -> dict[str, Any]:
+            table = self._open()
+            if table is None:
+                return {"rows": 0, "bytes": 0, "version": 0, "indices": []}
+            table.checkout_latest()
+            found = table.stats()
+            return {
+                "rows": int(found["num_rows"]),
+                "bytes": int(found["total_bytes"]),
+                "version": int(table.version),
+                "indices": [str(ix.index_type) for ix in table.list_indices()],
+            }
+
+        return self._attempt("stats", stats)

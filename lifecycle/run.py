@@ -47,6 +47,7 @@ from lifecycle.policy import COLD, DELETE, HOT, WARM, LifecycleConfig, Move, Pla
 from lifecycle.stats import append_history, read_history, tier_stats
 from tierflow.errors import ConfigError, IndexConflict, IndexCorrupt
 from tierflow.failpoints import failpoint
+from tierflow.s3 import ObjectStoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,35 @@ def check_cold_location(manifest: Manifest, docs: dict[str, DocState], config: C
             f"this index's cold documents live in {recorded}; the configuration says {config.location}. "
             "Point [cold] back at it (moving a cold tier is not supported)."
         )
+
+
+CHECKING, RECOVERING, MOVING, CLEANING, RECORDING = (
+    "checking the cold tier",
+    "recovering an interrupted run",
+    "moving documents",
+    "cleaning up",
+    "reading tier sizes for the history",
+)
+
+
+def _stopped(index: HotIndex, stage: str) -> str:
+    """What a run that failed during ``stage`` left behind, for its error message."""
+    path = index.root / JOURNAL
+    state = json.loads(path.read_text()).get("state") if path.exists() else None
+    if stage == CHECKING:
+        outcome = "nothing was moved"
+    elif stage == RECOVERING:
+        outcome = f"nothing was moved; the interrupted run's journal ({path}) is kept for the next run"
+    elif stage == MOVING and state != "committed":
+        outcome = (
+            "nothing was committed: every document is where it was, and the next run removes the "
+            f"partial cold copy (journal {path})"
+        )
+    elif stage in (MOVING, CLEANING):
+        outcome = "the move is committed; the next run finishes its cleanup"
+    else:
+        outcome = "the move and its cleanup are done; only this run's history line is missing"
+    return f"lifecycle run stopped while {stage}: {outcome}. Run it again once S3 is reachable"
 
 
 def _recover(index: HotIndex, store: ColdStore | None, say: Callable[[str], None]) -> dict[str, Any] | None:
@@ -252,7 +282,12 @@ def run_lifecycle(
 
     Raises:
         ConfigError: The cold tier is unusable (no bucket, no credentials, unreachable) or is not the one
-            this index's cold documents live in; raised before anything moves.
+            this index's cold documents live in; raised before anything moves. Also S3 refusing access
+            (403) later in the run: the message then says what the run left behind (as below).
+        ObjectStoreUnavailable: S3 kept failing (5xx, throttling, timeouts, refused connections) after
+            the retries of ``cold_config``. The message says where the run stopped and what it left:
+            before its commit nothing committed changed (every document is where it was, findable once)
+            and the next run removes the partial copy; after it, the next run finishes the cleanup.
         IndexConflict: Another lifecycle run is in progress.
     """
     say = progress or (lambda line: log.info("%s", line))
@@ -264,58 +299,71 @@ def run_lifecycle(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with _run_lock(index):
-        manifest = index.manifest()
-        docs = index.docs(manifest)
-        check_cold_location(manifest, docs, cold_config)
-        retention = config.seconds("access_retention") or 0.0
-        compact_access(index.root, now, retention)
-        plan = plan_lifecycle(index, config, now)
-        touches_cold = (
-            manifest.cold
-            or (index.root / JOURNAL).exists()
-            or any(COLD in (m.source, m.target) for m in plan.moves)
-        )
-        if touches_cold:
-            store.check()  # before anything moves
-        timings["plan_s"] = time.perf_counter() - started
-        say(f"plan: {plan.counts() or 'nothing to move'} ({len(plan.held)} held)")
-        resumed = _recover(index, store if touches_cold else None, say)
-        if resumed is not None:
+        stage = [CHECKING]
+        try:
             manifest = index.manifest()
+            docs = index.docs(manifest)
+            check_cold_location(manifest, docs, cold_config)
+            retention = config.seconds("access_retention") or 0.0
+            compact_access(index.root, now, retention)
             plan = plan_lifecycle(index, config, now)
-        if not read_history(index):  # the first run also records where the tiers started from
-            append_history(
-                index, {**tier_stats(index, store if manifest.cold else None), "run": None, "moved": {}}
+            touches_cold = (
+                manifest.cold
+                or (index.root / JOURNAL).exists()
+                or any(COLD in (m.source, m.target) for m in plan.moves)
             )
-        result = _execute(index, store, config, plan, manifest, timings, say) if plan.moves else None
-        step = time.perf_counter()
-        cleanup = _cleanup(index, store if (touches_cold or result) else None, config, say)
-        timings["cleanup_s"] = time.perf_counter() - step
-        stats = tier_stats(index, store if index.manifest().cold else None)
-        summary = {
-            "now": now,
-            "plan": plan.counts(),
-            "held": len(plan.held),
-            "resumed": resumed,
-            **(
-                result
-                or {"run_id": None, "generation": index.manifest().generation, "applied": 0, "skipped": 0}
-            ),
-            "cleanup": cleanup,
-            "seconds": {
-                k: round(v, 3) for k, v in {**timings, "total_s": time.perf_counter() - started}.items()
-            },
-            "tiers": stats["tiers"],
-        }
-        append_history(
-            index,
-            {
-                **stats,
-                "run": {k: summary[k] for k in ("run_id", "plan", "applied", "skipped", "seconds")},
-                "moved": summary.get("moved", {}),
-            },
-        )
-        return summary
+            if touches_cold:
+                store.check()  # before anything moves
+            timings["plan_s"] = time.perf_counter() - started
+            say(f"plan: {plan.counts() or 'nothing to move'} ({len(plan.held)} held)")
+            stage[0] = RECOVERING
+            resumed = _recover(index, store if touches_cold else None, say)
+            if resumed is not None:
+                manifest = index.manifest()
+                plan = plan_lifecycle(index, config, now)
+            if not read_history(index):  # the first run also records where the tiers started from
+                append_history(
+                    index, {**tier_stats(index, store if manifest.cold else None), "run": None, "moved": {}}
+                )
+            stage[0] = MOVING
+            result = _execute(index, store, config, plan, manifest, timings, say) if plan.moves else None
+            step = time.perf_counter()
+            stage[0] = CLEANING
+            cleanup = _cleanup(index, store if (touches_cold or result) else None, config, say)
+            timings["cleanup_s"] = time.perf_counter() - step
+            stage[0] = RECORDING
+            stats = tier_stats(index, store if index.manifest().cold else None)
+            summary = {
+                "now": now,
+                "plan": plan.counts(),
+                "held": len(plan.held),
+                "resumed": resumed,
+                **(
+                    result
+                    or {"run_id": None, "generation": index.manifest().generation, "applied": 0, "skipped": 0}
+                ),
+                "cleanup": cleanup,
+                "seconds": {
+                    k: round(v, 3) for k, v in {**timings, "total_s": time.perf_counter() - started}.items()
+                },
+                "tiers": stats["tiers"],
+            }
+            append_history(
+                index,
+                {
+                    **stats,
+                    "run": {k: summary[k] for k in ("run_id", "plan", "applied", "skipped", "seconds")},
+                    "moved": summary.get("moved", {}),
+                },
+            )
+            return summary
+
+        except ObjectStoreUnavailable as err:
+            raise ObjectStoreUnavailable(err.uri, f"{err.message}; {_stopped(index, stage[0])}") from err
+        except ConfigError as err:
+            if stage[0] == CHECKING:
+                raise  # refused before anything moved, as the message says
+            raise ConfigError(f"{err}; {_stopped(index, stage[0])}") from err
 
 
 def _execute(

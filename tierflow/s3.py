@@ -11,6 +11,14 @@ TLS: boto3 verifies an ``https://`` endpoint (and AWS itself) against botocore's
 tier writes through, verifies against the system's certificate store. ``allow_http`` is passed to it
 only for an ``http://`` endpoint.
 
+Retries: :class:`RetryPolicy` says how often one S3 request is tried, with backoff, and how long it may
+take; the same policy is handed to boto3 (``retries``, ``connect_timeout``, ``read_timeout``) and to
+LanceDB's object store (``client_max_retries``, ``client_retry_timeout``, ``connect_timeout``,
+``timeout``). Both retry only what a retry may fix: 5xx, throttling (503 SlowDown, 429), timeouts and
+dropped connections; a 403 or a missing bucket fails at once. LanceDB raises plain ``RuntimeError`` /
+``ValueError`` / ``OSError`` whose text carries the S3 status; :func:`translate_object_store_error` reads
+them into the same three classes as botocore's.
+
 Locations: a ``.`` or ``..`` segment in an ``s3://`` uri is refused (:func:`traversal`): S3 keys are not
 paths, but HTTP clients, proxies and S3-compatible servers may resolve such a segment to another key,
 prefix or bucket.
@@ -18,7 +26,9 @@ prefix or bucket.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +107,62 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+RETRY_MODES = ("standard", "adaptive", "legacy")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one S3 request is retried and timed, for boto3 and for LanceDB's object store alike.
+
+    Args:
+        max_attempts: Tries of one request in all (the first one included), with exponential backoff
+            and jitter between them; boto3's ``retries.max_attempts``, LanceDB's ``client_max_retries``
+            (``max_attempts - 1`` retries).
+        mode: boto3's retry mode: ``standard`` or ``adaptive`` (which also slows the client down when
+            it is throttled). LanceDB's object store always backs off exponentially.
+        timeout_s: Seconds one request may take to answer: boto3's ``read_timeout`` (per socket read),
+            LanceDB's ``timeout`` (the whole request, body included). A request that takes longer is
+            retried.
+        connect_timeout_s: Seconds to open a connection.
+        retry_timeout_s: LanceDB's ``client_retry_timeout``: no retry starts once this long has passed
+            since a request's first try (boto3 is bounded by ``max_attempts`` alone).
+    """
+
+    max_attempts: int = 3
+    mode: str = "standard"
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    retry_timeout_s: float = 60.0
+
+    def validate(self, where: str) -> None:
+        """Raise a :class:`ConfigError` naming ``where`` (``cold.``) for an unusable value."""
+        if self.max_attempts < 1:
+            raise ConfigError(f"{where}max_attempts must be >= 1, got {self.max_attempts}")
+        if self.mode not in RETRY_MODES:
+            raise ConfigError(f"{where}retry_mode must be one of {RETRY_MODES}, got {self.mode!r}")
+        for name in ("timeout_s", "connect_timeout_s", "retry_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{where}{name} must be > 0, got {getattr(self, name)}")
+
+    def botocore_config(self) -> Any:
+        from botocore.config import Config
+
+        return Config(
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.timeout_s,
+            retries={"max_attempts": self.max_attempts, "mode": self.mode},
+        )
+
+    def object_store_options(self) -> dict[str, str]:
+        """The policy as LanceDB ``storage_options``."""
+        return {
+            "client_max_retries": str(self.max_attempts - 1),
+            "client_retry_timeout": str(max(1, math.ceil(self.retry_timeout_s))),
+            "connect_timeout": f"{max(1, round(self.connect_timeout_s * 1000))}ms",
+            "timeout": f"{max(1, round(self.timeout_s * 1000))}ms",
+        }
+
+
 # One client per endpoint, region and credential source, shared by the threads of a worker process:
 # botocore clients are thread-safe, making them is not, and a new session costs ~0.1 s.
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
@@ -142,20 +208,21 @@ def _session(region: str | None, credentials: Credentials | None) -> Any:
         raise ConfigError(f"AWS profile not found: {err}") from None
 
 
-def s3_client(endpoint_url: str | None, region: str | None, credentials: Credentials | None = None) -> Any:
-    key = (endpoint_url, region, credentials, *(os.environ.get(name) for name in _CLIENT_ENV))
+def s3_client(
+    endpoint_url: str | None,
+    region: str | None,
+    credentials: Credentials | None = None,
+    retry: RetryPolicy | None = None,
+) -> Any:
+    """The shared boto3 client for this endpoint, region, credentials and :class:`RetryPolicy`
+    (default: 3 tries, 5 s to connect, 60 s per read)."""
+    retry = retry or RetryPolicy()
+    key = (endpoint_url, region, credentials, retry, *(os.environ.get(name) for name in _CLIENT_ENV))
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
-            from botocore.config import Config
-
             client = _session(region, credentials).client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=region,
-                config=Config(
-                    connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}
-                ),
+                "s3", endpoint_url=endpoint_url, region_name=region, config=retry.botocore_config()
             )
             _CLIENTS[key] = client
     return client
@@ -225,13 +292,18 @@ def translate_s3_error(
 
 
 def check_prefix(
-    uri: str, endpoint_url: str | None, region: str | None, credentials: Credentials | None = None
+    uri: str,
+    endpoint_url: str | None,
+    region: str | None,
+    credentials: Credentials | None = None,
+    retry: RetryPolicy | None = None,
 ) -> None:
     """Fail with a :class:`ConfigError` unless the bucket of ``uri`` exists, is reachable and the credentials
-    may list ``uri``: the check a job makes before it moves anything.
+    may list ``uri``: the check a job makes before it moves anything. A store that keeps failing with
+    5xx/throttling after ``retry``'s tries raises :class:`ObjectStoreUnavailable`.
     """
     bucket, key = split_s3_uri(uri)
-    client = s3_client(endpoint_url, region, credentials)
+    client = s3_client(endpoint_url, region, credentials, retry)
     try:
         client.head_bucket(Bucket=bucket)
         client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
@@ -274,3 +346,72 @@ def resolved_credentials(
         if endpoint.startswith("http://"):
             options["allow_http"] = "true"
     return options
+
+
+# What LanceDB's (Rust object_store's) error text says. Its exceptions are plain RuntimeError/ValueError/
+# OSError; the S3 status and code are only in the message ("... non-2xx status code: 503 Service
+# Unavailable: <Error><Code>SlowDown</Code>...", "status: 403", "HTTP error: error sending request").
+_STATUS = re.compile(r"\bstatus(?: code)?:? (\d{3})\b(?: ([A-Z][A-Za-z ]*[a-z]))?", re.I)
+_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_DENIED_TEXT = re.compile(r"AccessDenied|lacked the necessary privileges", re.I)
+_MISSING_TEXT = re.compile(r"NoSuchKey|Object at location .* not found", re.I)
+_STORE_ERROR = re.compile(
+    r"S3 error|store: \"S3\"|Error performing|error sending request|HTTP error|RetryError|"
+    r"LanceError\(IO\)|object store|timed out|connection",
+    re.I,
+)
+
+
+def _reason(text: str) -> str:
+    """A short cause from a long object-store error: the status and S3 code, or the network failure."""
+    status, code = _STATUS.search(text), _S3_CODE.search(text)
+    if status:
+        line = " ".join(part for part in (status.group(1), (status.group(2) or "").strip()) if part)
+        return line + (f" {code.group(1)}" if code else "")
+    for pattern, reason in (
+        (r"connection ?refused", "connection refused"),
+        (
+            r"error sending request|connection closed|reset by peer|broken pipe|connection error",
+            "no answer: connection refused, dropped or timed out",
+        ),
+        (r"timed out", "timed out"),
+    ):
+        if re.search(pattern, text, re.I):
+            return reason
+    return "request failed"
+
+
+def translate_object_store_error(
+    err: BaseException, uri: str, endpoint_url: str | None = None
+) -> TierflowError | None:
+    """An error LanceDB raised while talking to S3, as the project's own; None when it is not one.
+
+    Returns:
+        :class:`ConfigError` for what retrying cannot fix (403 / AccessDenied, a missing bucket, rejected
+        keys); :class:`ObjectStoreUnavailable` for the rest (5xx, throttling, timeouts, refused or dropped
+        connections, and an object missing from the version read: the latest version may not need it).
+    """
+    text = str(err)
+    endpoint = endpoint_url or "the default AWS endpoint"
+    found = _STATUS.search(text)
+    status = int(found.group(1)) if found else 0
+    code = found_code.group(1) if (found_code := _S3_CODE.search(text)) else ""
+    if code == "NoSuchBucket":
+        bucket = split_s3_uri(uri)[0] if is_s3_uri(uri) else uri
+        return ConfigError(
+            f"bucket {bucket!r} does not exist at {endpoint} (path {uri}): create it or fix path"
+        )
+    if code in _CREDENTIAL_S3_CODES:
+        return ConfigError(
+            f"the AWS credentials were rejected for {uri} ({code}): check the access key and secret"
+        )
+    if status == 403 or code == "AccessDenied" or _DENIED_TEXT.search(text):
+        return ConfigError(
+            f"access to {uri} at {endpoint} was denied ({_reason(text)}): check the credentials and the "
+            "bucket policy (not retried: retrying cannot fix it)"
+        )
+    if not (found or _STORE_ERROR.search(text)):
+        return None
+    if status == 404 or code in MISSING_S3_CODES or _MISSING_TEXT.search(text):
+        return ObjectStoreUnavailable(uri, f"an object is missing ({_reason(text)}): {text[:400]}")
+    return ObjectStoreUnavailable(uri, f"S3 at {endpoint} failed ({_reason(text)}): {text[:400]}")
