@@ -13,6 +13,8 @@ threading HTTP server. Each delivery goes through, in order:
 check        status  reason codes
 ===========  ======  ===============================================================================
 rate         429     ``rate_limited`` (``Retry-After``; the body is not read, not dead-lettered)
+load         503     ``overloaded``: ``max_concurrent`` deliveries are in progress (``Retry-After``;
+                     the body is not read, not dead-lettered)
 framing      400     ``bad_framing`` (bad Content-Length / Transfer-Encoding, both given),
                      ``incomplete_body`` (the client stopped sending), ``duplicate_header``
 size         413     ``too_large``: from Content-Length before reading, or while reading a
@@ -37,6 +39,9 @@ Rate limit: each client address has a token bucket of ``rate_burst`` deliveries 
 ``rate_limit_per_s`` a second (``rate_limit_per_s = 0`` switches it off). It is checked before anything
 else, so floods of unsigned requests cost neither HMACs nor dead-letter writes. Behind a reverse proxy
 every sender shares the proxy's address: raise the limit there, or limit at the proxy.
+
+Load: at most ``max_concurrent`` deliveries are read, verified and stored at once; one more is answered
+503 straight away instead of waiting, so bodies in memory stay under ``max_concurrent × max_body_bytes``.
 
 Replays: accepted ids live in the queue's own records (the envelope written by :func:`encode_record`),
 so the set survives a restart; it is rebuilt on start from the records whose timestamp is still inside
@@ -105,6 +110,7 @@ DEFAULT_TOLERANCE_S = 300.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_RATE_LIMIT_PER_S = 100.0
 DEFAULT_RATE_BURST = 500
+DEFAULT_MAX_CONCURRENT = 64
 DEFAULT_NAME = "webhooks"
 EVENTS_PATH = "/v1/events"
 HEALTH_PATH = "/healthz"
@@ -507,6 +513,7 @@ class WebhookConfig:
         read_timeout_s: Socket timeout while reading a request.
         rate_limit_per_s: Deliveries a second each client address may sustain (429 above it); 0 = no limit.
         rate_burst: Deliveries a client address may send at once before the rate applies.
+        max_concurrent: Deliveries handled at once (read, verified, stored); more are answered 503.
     """
 
     host: str = "127.0.0.1"
@@ -519,6 +526,7 @@ class WebhookConfig:
     read_timeout_s: float = 30.0
     rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S
     rate_burst: int = DEFAULT_RATE_BURST
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "secrets", _split_secrets(self.secrets))
@@ -543,13 +551,16 @@ class WebhookConfig:
             )
         if self.rate_burst < 1:
             raise ConfigError(f"webhook.rate_burst must be >= 1, got {self.rate_burst}")
+        if self.max_concurrent < 1:
+            raise ConfigError(f"webhook.max_concurrent must be >= 1, got {self.max_concurrent}")
 
     def __repr__(self) -> str:
         return (
             f"WebhookConfig(host={self.host!r}, port={self.port}, secrets=<{len(self.secrets)} hidden>, "
             f"tolerance_s={self.tolerance_s}, max_body_bytes={self.max_body_bytes}, "
             f"queue_dir={self.queue_dir!r}, name={self.name!r}, read_timeout_s={self.read_timeout_s}, "
-            f"rate_limit_per_s={self.rate_limit_per_s}, rate_burst={self.rate_burst})"
+            f"rate_limit_per_s={self.rate_limit_per_s}, rate_burst={self.rate_burst}, "
+            f"max_concurrent={self.max_concurrent})"
         )
 
     __str__ = __repr__
@@ -661,6 +672,7 @@ class WebhookReceiver:
         self._limiter = (
             _RateLimiter(config.rate_limit_per_s, config.rate_burst) if config.rate_limit_per_s > 0 else None
         )
+        self._slots = threading.BoundedSemaphore(config.max_concurrent)
         self._sink = sink
         self._owns_sink = sink is None
         self.dead_letters = dead_letters or JsonlDeadLetters(Path(config.queue_dir) / "dead-letters.jsonl")
@@ -840,6 +852,7 @@ class _Framing(Exception):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stall
     server_version = "tierflow-webhooks"
     sys_version = ""
 
@@ -1015,28 +1028,34 @@ class _Handler(BaseHTTPRequestHandler):
             if wait > 0:
                 receiver._count("rate_limited")
                 log.debug("webhook receiver: %s is over the rate limit", self.client_address[0])
-                self.close_connection = True  # the body is not read
                 limit = f"{receiver.config.rate_limit_per_s:g}/s (burst {receiver.config.rate_burst})"
-                try:
-                    self._send(
-                        429,
-                        {"error": "rate_limited", "detail": f"over {limit} for {self.client_address[0]}"},
-                        {"Retry-After": str(max(1, math.ceil(wait)))},
-                    )
-                except OSError:
-                    return
-                self._linger()
+                detail = f"over {limit} for {self.client_address[0]}"
+                self._turn_away(429, "rate_limited", detail, max(1, math.ceil(wait)))
                 return
-        if not receiver._enter():
-            self.close_connection = True
-            self._send(
-                503, {"error": "shutting_down", "detail": "the receiver is stopping"}, {"Retry-After": "5"}
-            )
+        if not receiver._slots.acquire(blocking=False):
+            receiver._count("overloaded")
+            detail = f"{receiver.config.max_concurrent} deliveries are in progress; retry later"
+            self._turn_away(503, "overloaded", detail, 1)
             return
         try:
-            self._deliver(receiver)
+            if not receiver._enter():
+                self._turn_away(503, "shutting_down", "the receiver is stopping", 5)
+                return
+            try:
+                self._deliver(receiver)
+            finally:
+                receiver._leave()
         finally:
-            receiver._leave()
+            receiver._slots.release()
+
+    def _turn_away(self, status: int, error: str, detail: str, retry_after_s: int) -> None:
+        """Refuse a delivery before reading its body (not dead-lettered: the sender retries)."""
+        self.close_connection = True
+        try:
+            self._send(status, {"error": error, "detail": detail}, {"Retry-After": str(retry_after_s)})
+        except OSError:
+            return
+        self._linger()
 
     def _deliver(self, receiver: WebhookReceiver) -> None:
         config = receiver.config

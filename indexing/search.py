@@ -5,15 +5,23 @@ One query covers the hot and warm segments and the cold tier's Lance table; chun
 hot manifest's document table decides what is live in the cold tier, so a document deleted, updated or
 promoted since it was aged out is never returned from there.
 
+A search may be limited to some tiers (``tiers=("hot", "warm")``) and to documents whose metadata matches
+a filter (``where={"lang": "en", "team": ["search", "infra"]}``). Filters apply to the document table's
+metadata after the vector search, so a filtered search over-fetches: it asks every tier for four times
+more chunks each round until ``k`` documents match, the tiers have no more chunks, or
+:data:`FILTER_MAX_CHUNKS` chunks were examined for the query.
+
 Example:
     >>> searcher = Searcher(HotIndex("tierflow-data/hot"), EmbeddingConfig())
     >>> for result in searcher.search("what causes fever", k=5):
     ...     print(result.score, result.doc_id, result.text[:80])
+    >>> searcher.search_many(["fever"], k=5, tiers=("hot",), where={"lang": ["en", "de"]})
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,12 +32,53 @@ from indexing.access import AccessLog
 from indexing.cold import ColdConfig, ColdStore
 from indexing.docs_table import CANONICAL, DUPLICATE
 from indexing.embedder import Embedder
-from indexing.hot import HotIndex
+from indexing.hot import TIERS, HotIndex
 from indexing.manifest import Manifest
 from tierflow.config import EmbeddingConfig
 from tierflow.errors import IncompatibleIndex
 
 CHUNK_FANOUT = 4  # chunks fetched per wanted document, so documents with several good chunks don't crowd
+FILTER_GROWTH = 4  # a filtered search asks for this many times more chunks each round
+FILTER_MAX_CHUNKS = 100_000  # chunks a filtered search examines per query at most (a rare value's cost)
+
+MetadataFilter = Mapping[str, Any]
+"""Metadata key -> the accepted value, or a list of accepted values (see :func:`metadata_matches`)."""
+
+
+def metadata_matches(metadata: Mapping[str, Any], where: MetadataFilter) -> bool:
+    """True when every key of ``where`` is in ``metadata`` with an accepted value.
+
+    A list in ``where`` accepts any of its items; a list in ``metadata`` matches when any of its items is
+    accepted. Values compare as JSON values: ``true`` is not ``1``, ``1`` is ``1.0``.
+
+    Example:
+        >>> metadata_matches({"lang": "en", "tags": ["a", "b"]}, {"lang": ["en", "de"], "tags": "b"})
+        True
+    """
+    for key, wanted in where.items():
+        if key not in metadata:
+            return False
+        accepted = wanted if isinstance(wanted, list) else [wanted]
+        value = metadata[key]
+        present = value if isinstance(value, list) else [value]
+        if not any(_same_json(v, a) for v in present for a in accepted):
+            return False
+    return True
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return bool(a == b)
+
+
+def _tier_set(tiers: Collection[str] | None) -> frozenset[str]:
+    if tiers is None:
+        return frozenset(TIERS)
+    unknown = sorted(set(tiers) - set(TIERS))
+    if unknown or not tiers:
+        raise ValueError(f"tiers must be a non-empty subset of {list(TIERS)}, got {sorted(tiers)}")
+    return frozenset(tiers)
 
 
 @dataclass
@@ -44,6 +93,7 @@ class SearchResult:
     tier: str
     lineage: dict[str, Any]
     duplicates: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +116,7 @@ class _DocView:
     docs_file: str | None
     linked: dict[str, list[str]]
     cold: dict[str, str]  # doc id -> batch
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)  # parsed on first use, per doc
 
     @property
     def batches(self) -> list[str]:
@@ -150,14 +201,30 @@ class Searcher:
             out.append([ChunkHit(h.score, h.vector_id, h.tier, r) for h, r in zip(hits, rows, strict=True)])
         return out
 
+    def _metadata(self, manifest: Manifest, view: _DocView, doc_id: str) -> dict[str, Any]:
+        if doc_id not in view.metadata:
+            state = self.index.docs(manifest).get(doc_id)
+            view.metadata[doc_id] = json.loads(state.metadata or "{}") if state is not None else {}
+        return view.metadata[doc_id]
+
     def chunk_search(
-        self, vectors: np.ndarray, k: int, manifest: Manifest | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        manifest: Manifest | None = None,
+        tiers: Collection[str] | None = None,
     ) -> list[list[ChunkHit]]:
-        """Top-``k`` chunks per query vector over hot, warm and cold, merged by score (ties: vector id)."""
+        """Top-``k`` chunks per query vector over hot, warm and cold (or only ``tiers``), merged by score
+        (ties: vector id)."""
         manifest = manifest or self.index.manifest()
+        wanted = _tier_set(tiers)
         view = self._doc_view(manifest)
-        hot = self._hot_hits(vectors, k, manifest)
-        cold = self._cold_hits(vectors, k, manifest, view)
+        segments = [live for live in manifest.segments if live.tier in wanted]
+        searched = (
+            manifest if len(segments) == len(manifest.segments) else replace(manifest, segments=segments)
+        )
+        hot = self._hot_hits(vectors, k, searched)
+        cold = self._cold_hits(vectors, k, manifest, view) if "cold" in wanted else [[] for _ in vectors]
         return [
             sorted([*h, *c], key=lambda hit: (-hit.score, hit.vector_id))[:k]
             for h, c in zip(hot, cold, strict=True)
@@ -172,37 +239,84 @@ class Searcher:
             )
         return self.embedder.embed(queries)
 
-    def search(self, query: str, k: int = 10) -> list[SearchResult]:
-        return self.search_many([query], k)[0]
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        tiers: Collection[str] | None = None,
+        where: MetadataFilter | None = None,
+    ) -> list[SearchResult]:
+        return self.search_many([query], k, tiers, where)[0]
 
-    def search_many(self, queries: list[str], k: int = 10) -> list[list[SearchResult]]:
-        """Top-``k`` documents per query (duplicates are listed on their canonical hit)."""
-        manifest = self.index.manifest()
+    def search_many(
+        self,
+        queries: list[str],
+        k: int = 10,
+        tiers: Collection[str] | None = None,
+        where: MetadataFilter | None = None,
+        manifest: Manifest | None = None,
+    ) -> list[list[SearchResult]]:
+        """Top-``k`` documents per query (duplicates are listed on their canonical hit).
+
+        Args:
+            queries: Query texts, embedded in one batch.
+            k: Documents per query.
+            tiers: Search only these of :data:`TIERS` (default: all).
+            where: Return only documents whose metadata matches (:func:`metadata_matches`).
+            manifest: The committed state to search (default: the current one).
+
+        Raises:
+            ValueError: ``tiers`` names a tier that does not exist, or none.
+            IncompatibleIndex: The index holds vectors of another model.
+        """
+        manifest = manifest or self.index.manifest()
+        _tier_set(tiers)
         view = self._doc_view(manifest)
         if not manifest.segments and not view.cold:
             return [[] for _ in queries]
         vectors = self.embed_queries(queries, manifest)
-        results = []
-        for hits in self.chunk_search(vectors, k * CHUNK_FANOUT, manifest):
-            best: dict[str, ChunkHit] = {}
-            for hit in hits:
-                best.setdefault(hit.row["doc_id"], hit)
-            ranked = sorted(best.items(), key=lambda item: (-item[1].score, item[0]))[:k]
-            results.append(
-                [
-                    SearchResult(
-                        doc_id=doc_id,
-                        score=hit.score,
-                        text=hit.row["text"],
-                        chunk_id=hit.row["chunk_id"],
-                        vector_id=hit.vector_id,
-                        tier=hit.tier,
-                        lineage=json.loads(hit.row["lineage"]),
-                        duplicates=view.linked.get(doc_id, []),
-                    )
-                    for doc_id, hit in ranked
-                ]
-            )
+        ranked: list[list[tuple[str, ChunkHit]]] = [[] for _ in queries]
+        pending, fetch = list(range(len(queries))), k * CHUNK_FANOUT
+        while pending:
+            found = self.chunk_search(vectors[pending], fetch, manifest, tiers)
+            short = []
+            for q, hits in zip(pending, found, strict=True):
+                ranked[q] = self._best_documents(hits, k, manifest, view, where)
+                # Fewer chunks than asked for means every tier is exhausted.
+                if where and len(ranked[q]) < k and len(hits) >= fetch and fetch < FILTER_MAX_CHUNKS:
+                    short.append(q)
+            pending, fetch = short, min(fetch * FILTER_GROWTH, FILTER_MAX_CHUNKS)
+        results = [
+            [
+                SearchResult(
+                    doc_id=doc_id,
+                    score=hit.score,
+                    text=hit.row["text"],
+                    chunk_id=hit.row["chunk_id"],
+                    vector_id=hit.vector_id,
+                    tier=hit.tier,
+                    lineage=json.loads(hit.row["lineage"]),
+                    duplicates=view.linked.get(doc_id, []),
+                    metadata=dict(self._metadata(manifest, view, doc_id)),
+                )
+                for doc_id, hit in documents
+            ]
+            for documents in ranked
+        ]
         if self.access is not None:
             self.access.record([r.doc_id for found in results for r in found])
         return results
+
+    def _best_documents(
+        self, hits: list[ChunkHit], k: int, manifest: Manifest, view: _DocView, where: MetadataFilter | None
+    ) -> list[tuple[str, ChunkHit]]:
+        """The ``k`` best documents of ``hits`` (each by its best chunk) that pass ``where``."""
+        best: dict[str, ChunkHit] = {}
+        for hit in hits:
+            doc_id = hit.row["doc_id"]
+            if doc_id in best or (
+                where and not metadata_matches(self._metadata(manifest, view, doc_id), where)
+            ):
+                continue
+            best[doc_id] = hit
+        return sorted(best.items(), key=lambda item: (-item[1].score, item[0]))[:k]

@@ -1,4 +1,4 @@
-"""The ``tierflow`` command: ingest, search, lineage, eval, lifecycle, storage, compact, gc, demo and bench.
+"""The ``tierflow`` command: ingest, search, serve, lineage, eval, lifecycle, storage, compact, gc, demo and bench.
 
 Beam pipeline options (``--runner``, ``--dask_client_address``, ``--direct_num_workers`` ...) are passed
 through to Beam unchanged: anything tierflow does not know is Beam's.
@@ -151,6 +151,14 @@ def cmd_search(args: argparse.Namespace, _: list[str]) -> int:
         print(
             f"{rank:>3}  {r.score:6.3f}  {r.doc_id:<20} {r.tier:<5} {text[:90]}{'…' if len(text) > 90 else ''}{dups}"
         )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
+    from indexing.service import load_serve_config, serve
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    serve(_searcher(args, track_access=True), load_serve_config(args.config, overrides))
     return 0
 
 
@@ -475,6 +483,13 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true")
     _add_index_args(search)
     search.set_defaults(func=cmd_search)
+
+    serve_search = sub.add_parser("serve", help="HTTP search API over the index (POST /v1/search)")
+    serve_search.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve_search.add_argument("--port", type=int, help="port (default 8788; 0 picks a free one)")
+    serve_search.add_argument("--cold", help="cold tier settings override: directory or s3://bucket/prefix")
+    _add_index_args(serve_search)
+    serve_search.set_defaults(func=cmd_serve)
 
     lineage = sub.add_parser("lineage", help="where a document's (or a vector id's) vectors came from")
     lineage.add_argument("id", help="document id or FAISS vector id")

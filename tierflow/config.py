@@ -231,6 +231,8 @@ COMPONENT_SECTIONS = (
     "postgres",
     "cold",
     "lifecycle",
+    "serve",
+    "tracing",
 )  # read by their components' own loaders, not by the ingest config
 
 
