@@ -27,8 +27,10 @@ from indexing.hot import HotIndex
 from pipelines.chunking import TokenChunker
 from pipelines.dedup import Candidate, Link, best_link, candidate_keys, links_in_group, signature
 from pipelines.reconcile import DELETE, Outcome, Plan, merge_promotion, reconcile
+from pipelines.traced import TracedDoFn, traced
 from pipelines.validate import DocumentValidator
 from pipelines.write import CommitRun, DocChunks, EmbedChunks, HotTierWriteConfig, WriteDeadLetters
+from tierflow import metrics, tracing
 from tierflow.config import IngestConfig, to_dict
 from tierflow.deadletter import DeadLetter
 from tierflow.lineage import RunContext, code_version, document_lineage, new_run_id
@@ -44,12 +46,14 @@ def shard_of(doc_id: str, shards: int) -> int:
 
 
 # ---- validate ------------------------------------------------------------------------------------
-class ValidateBatch(beam.DoFn):
+class ValidateBatch(TracedDoFn):
     """Validates one batch of parsed items (events and the parser's dead letters) as one Great
     Expectations batch.
 
     Emits ``("event", DocumentEvent)``, ``("dead", DeadLetter)`` and ``("stat", (name, n))``.
     """
+
+    span_name = "tierflow.validate"
 
     def __init__(self, config: IngestConfig) -> None:
         self.config = config
@@ -66,6 +70,13 @@ class ValidateBatch(beam.DoFn):
             if isinstance(item, DeadLetter):
                 yield ("dead", item)
         valid, rejected = self._validator.validate(events)
+        metrics.count("stage_documents", "source", "out", value=len(items))
+        metrics.count("stage_documents", "parse", "in", value=len(items))
+        metrics.count("stage_documents", "parse", "out", value=len(events))
+        metrics.count("stage_documents", "validate", "in", value=len(events))
+        metrics.count("stage_documents", "validate", "out", value=len(valid))
+        self.note("records", len(items))
+        self.note("valid", len(valid))
         for letter in rejected:
             yield ("dead", letter)
         for event in valid:
@@ -111,8 +122,10 @@ class Upsert:
     candidate: Candidate
 
 
-class Decide(beam.DoFn):
+class Decide(TracedDoFn):
     """Per new document: canonical (to be embedded) or a duplicate linked to its best target."""
+
+    span_name = "tierflow.dedup"
 
     def __init__(self, run: RunContext) -> None:
         self.run = run
@@ -121,6 +134,11 @@ class Decide(beam.DoFn):
         _, group = element
         for upsert in group["upsert"]:
             link: Link | None = best_link(list(group["links"]))
+            metrics.count("stage_documents", "dedup", "in")
+            if link:
+                metrics.count("duplicates", link.kind)
+            else:
+                metrics.count("stage_documents", "dedup", "out")
             yield ("doc" if link else "canonical", _state(upsert, link, self.run))
 
 
@@ -195,8 +213,10 @@ def _upsert(plan: Plan, config: IngestConfig) -> Upsert:
 
 
 # ---- chunk ---------------------------------------------------------------------------------------
-class ChunkDocuments(beam.DoFn):
+class ChunkDocuments(TracedDoFn):
     """Splits canonical documents into token windows; chunk ids and vector ids are deterministic."""
+
+    span_name = "tierflow.chunk"
 
     def __init__(self, config: IngestConfig, shards: int) -> None:
         self.config = config
@@ -232,6 +252,8 @@ class ChunkDocuments(beam.DoFn):
                     },
                 )
             )
+        metrics.count("stage_documents", "chunk", "in")
+        metrics.count("stage_documents", "chunk", "out")
         yield shard_of(state.doc_id, self.shards), doc
 
 
@@ -282,7 +304,8 @@ def index_items(
         The commit step's output: one JSON line with the new generation.
     """
     p = batches.pipeline
-    parsed = batches | "Validate" >> beam.ParDo(ValidateBatch(config))
+    parent = tracing.current_traceparent()  # the run span (run_pipeline), for the stages' bundle spans
+    parsed = batches | "Validate" >> beam.ParDo(traced(ValidateBatch(config), parent))
     events = parsed | "Events" >> _tagged("event")
     dead = parsed | "Dead" >> _tagged("dead")
 
@@ -352,17 +375,17 @@ def index_items(
     decided = (
         {"upsert": upserts | "UpsertsById" >> beam.Map(lambda u: (u.plan.doc_id, u)), "links": links}
         | "JoinLinks" >> beam.CoGroupByKey()
-        | "Decide" >> beam.ParDo(Decide(run))
+        | "Decide" >> beam.ParDo(traced(Decide(run), parent))
     )
     duplicates = decided | "DuplicateStates" >> beam.Filter(lambda item: item[0] == "doc")
     written = (
         decided
         | "Canonical" >> _tagged("canonical")
-        | "Chunk" >> beam.ParDo(ChunkDocuments(config, shards))
+        | "Chunk" >> beam.ParDo(traced(ChunkDocuments(config, shards), parent))
         | "GroupShards" >> beam.GroupByKey()
         | "ShardLists" >> beam.MapTuple(lambda shard, docs: (shard, list(docs)))
-        | "Embed" >> beam.ParDo(EmbedChunks(config.embedding))
-        | "Write" >> HotTierWriteConfig(config.index_dir, config.index).create_write_transform()
+        | "Embed" >> beam.ParDo(traced(EmbedChunks(config.embedding), parent))
+        | "Write" >> HotTierWriteConfig(config.index_dir, config.index, parent).create_write_transform()
     )
     dead_files = (
         dead
@@ -370,7 +393,9 @@ def index_items(
         >> beam.Map(lambda d: (shard_of(f"{d.source.uri}|{d.source.position}", DEAD_LETTER_SHARDS), d))
         | "GroupDead" >> beam.GroupByKey()
         | "WriteDeadLetters"
-        >> beam.ParDo(WriteDeadLetters(str(Path(config.index_dir) / "deadletter" / run.run_id)))
+        >> beam.ParDo(
+            traced(WriteDeadLetters(str(Path(config.index_dir) / "deadletter" / run.run_id)), parent)
+        )
     )
     stats = (
         (parsed | "ParseStats" >> _tagged("stat"), outcomes | "ReconcileStats" >> _tagged("stat"))
@@ -383,7 +408,7 @@ def index_items(
         | "Gather" >> beam.Flatten()
         | "OneCommit" >> beam.Map(lambda item: ("commit", item))
         | "GroupCommit" >> beam.GroupByKey()
-        | "Commit" >> beam.ParDo(CommitRun(config.index_dir, run, sources))
+        | "Commit" >> beam.ParDo(traced(CommitRun(config.index_dir, run, sources), parent))
     )
 
 
@@ -406,15 +431,19 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Build a pipeline with ``build``, run it to completion and return its commit summary."""
     options = PipelineOptions([_qualified_runner(arg) for arg in beam_args or []])
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline)
-    result = pipeline.run()
-    try:
-        result.wait_until_finish()
-    finally:
-        client = getattr(result, "client", None)  # the DaskRunner's connection to its scheduler
-        if client is not None:
-            client.close()
+    with tracing.span(
+        "tierflow.pipeline", {"tierflow.run_id": run.run_id, "tierflow.index": str(config.index_dir)}
+    ):
+        pipeline = beam.Pipeline(options=options)
+        build(pipeline)
+        result = pipeline.run()
+        try:
+            result.wait_until_finish()
+            metrics.publish(result)
+        finally:
+            client = getattr(result, "client", None)  # the DaskRunner's connection to its scheduler
+            if client is not None:
+                client.close()
     for entry in reversed(HotIndex(config.index_dir).manifest().history):
         if entry.get("run_id") == run.run_id:
             return entry

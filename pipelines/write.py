@@ -25,6 +25,8 @@ from indexing.embedder import Embedder
 from indexing.faiss_index import IndexSpec
 from indexing.hot import CommitRequest, HotIndex
 from indexing.segment import SegmentInfo, write_segment
+from pipelines.traced import TracedDoFn, traced
+from tierflow import metrics
 from tierflow.config import EmbeddingConfig
 from tierflow.deadletter import DeadLetter
 from tierflow.lineage import RunContext
@@ -41,8 +43,10 @@ class DocChunks:
     chunks: list[Chunk]
 
 
-class EmbedChunks(beam.DoFn):
+class EmbedChunks(TracedDoFn):
     """Embeds every chunk of one write shard, longest-first in slices so batches pad little."""
+
+    span_name = "tierflow.embed"
 
     def __init__(self, config: EmbeddingConfig) -> None:
         self.config = config
@@ -58,9 +62,14 @@ class EmbedChunks(beam.DoFn):
         chunks = [chunk for doc in docs for chunk in doc.chunks]
         order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i].content.text or ""))
         started = time.monotonic()
+        metrics.count("stage_documents", "embed", "in", value=len(docs))
         for start in range(0, len(order), EMBED_SLICE):
             part = order[start : start + EMBED_SLICE]
+            sliced = time.monotonic()
             vectors = self._embedder.embed([chunks[i].content.text or "" for i in part])
+            metrics.observe("embedding_batch_seconds", [time.monotonic() - sliced])
+            metrics.count("embedded_chunks", value=len(part))
+            self.note("chunks", len(part))
             for i, vector in zip(part, vectors, strict=True):
                 chunks[i].embedding = Embedding(dense_embedding=vector)
             done = min(start + EMBED_SLICE, len(order))
@@ -70,6 +79,7 @@ class EmbedChunks(beam.DoFn):
             share = (time.monotonic() - started) * 1000 / len(chunks)
             for chunk in chunks:
                 chunk.metadata["embed_ms"] = share
+        metrics.count("stage_documents", "embed", "out", value=len(docs))
         yield shard, docs
 
 
@@ -81,15 +91,18 @@ class HotTierWriteConfig(VectorDatabaseWriteConfig):
         >>> shards | config.create_write_transform()
     """
 
-    def __init__(self, index_dir: str, spec: IndexSpec) -> None:
+    def __init__(self, index_dir: str, spec: IndexSpec, traceparent: str = "") -> None:
         self.index_dir = index_dir
         self.spec = spec
+        self.traceparent = traceparent  # the run's span, parent of the write bundles' spans
 
     def create_write_transform(self) -> beam.PTransform:
         return WriteToHotTier(self)
 
 
-class _WriteSegment(beam.DoFn):
+class _WriteSegment(TracedDoFn):
+    span_name = "tierflow.write"
+
     def __init__(self, config: HotTierWriteConfig) -> None:
         self.config = config
 
@@ -116,6 +129,8 @@ class _WriteSegment(beam.DoFn):
             return
         matrix = np.vstack(vectors).astype(np.float32)
         info = write_segment(Path(self.config.index_dir) / "segments", rows, matrix, self.config.spec)
+        metrics.count("stage_documents", "write", "in", value=len(docs))
+        metrics.count("stage_documents", "write", "out", value=len(docs))
         yield ("segment", info)
         yield ("stat", ("chunks_embedded", len(rows)))
         embed_ms = sum(chunk.metadata.get("embed_ms", 0.0) for doc in docs for chunk in doc.chunks)
@@ -133,12 +148,16 @@ class WriteToHotTier(beam.PTransform):
         self.config = config
 
     def expand(self, shards: beam.PCollection) -> beam.PCollection:
-        return shards | "WriteSegments" >> beam.ParDo(_WriteSegment(self.config))
+        return shards | "WriteSegments" >> beam.ParDo(
+            traced(_WriteSegment(self.config), self.config.traceparent)
+        )
 
 
-class WriteDeadLetters(beam.DoFn):
+class WriteDeadLetters(TracedDoFn):
     """Writes one shard of dead letters as a JSONL file (atomically: a retried bundle rewrites the same
     file) and emits ``("deadletters", {...})`` with its counts by reason."""
+
+    span_name = "tierflow.dead_letters"
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -149,14 +168,18 @@ class WriteDeadLetters(beam.DoFn):
         path = Path(self.directory) / f"part-{shard:05d}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, "".join(d.to_json() + "\n" for d in letters).encode("utf-8"))
+        for (stage, reason), n in Counter((d.stage, d.reason) for d in letters).items():
+            metrics.count("dead_letters", stage, reason, value=n)
         yield (
             "deadletters",
             {"file": str(path), "count": len(letters), "reasons": dict(Counter(d.reason for d in letters))},
         )
 
 
-class CommitRun(beam.DoFn):
+class CommitRun(TracedDoFn):
     """The single commit step: publishes every segment and document state of the run in one manifest."""
+
+    span_name = "tierflow.commit"
 
     def __init__(self, index_dir: str, run: RunContext, sources: dict[str, str]) -> None:
         self.index_dir = index_dir
@@ -196,6 +219,7 @@ class CommitRun(beam.DoFn):
             },
             "segments_written": len(segments),
         }
+        started = time.monotonic()
         result = HotIndex(self.index_dir).commit(
             CommitRequest(
                 run_id=self.run.run_id,
@@ -206,5 +230,12 @@ class CommitRun(beam.DoFn):
                 sources=self.sources,
                 summary=summary,
             )
+        )
+        metrics.observe("commit_seconds", [time.monotonic() - started])
+        metrics.count("commits")
+        committed_at = time.time()
+        metrics.observe(
+            "freshness_seconds",
+            [committed_at - state.event_time for state in updates if state.event_time is not None],
         )
         yield json.dumps({"generation": result.generation, "applied": result.applied, "stale": result.stale})
