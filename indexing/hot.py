@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from indexing import audit
 from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState, read_docs, write_docs
 from indexing.durable import exclusive_lock, fsync_dir, fsync_file
 from indexing.faiss_index import IndexSpec, index_vectors, search_index
@@ -122,6 +123,7 @@ class HotIndex:
         self._readers: dict[str, SegmentReader] = {}
         self._tombstones: dict[str, np.ndarray] = {}
         self._docs_cache: tuple[str | None, dict[str, DocState]] | None = None
+        self._cached_generation = -1  # the generation the reader caches were last pruned for
 
     # ---- reading -------------------------------------------------------------------------------
     @property
@@ -129,7 +131,17 @@ class HotIndex:
         return self.root / "segments"
 
     def manifest(self) -> Manifest:
-        return self.store.current()
+        """The current manifest. When the generation changed since the last call, readers and tombstone
+        arrays of segments it no longer names are dropped, so a long-lived process (the search service,
+        a stream) does not keep every segment that compaction or lifecycle runs retired."""
+        manifest = self.store.current()
+        if manifest.generation != self._cached_generation:
+            live = {seg.info.segment_id for seg in manifest.segments}
+            names = {seg.tombstones for seg in manifest.segments if seg.tombstones}
+            self._readers = {sid: r for sid, r in self._readers.items() if sid in live}
+            self._tombstones = {name: t for name, t in self._tombstones.items() if name in names}
+            self._cached_generation = manifest.generation
+        return manifest
 
     def docs(self, manifest: Manifest | None = None) -> dict[str, DocState]:
         """The document table of ``manifest`` (default: current), cached per generation."""
@@ -143,18 +155,20 @@ class HotIndex:
         """The reader of a segment; a :class:`LiveSegment` of the warm tier is memory-mapped."""
         info = segment.info if isinstance(segment, LiveSegment) else segment
         mmap = self.mmap or (isinstance(segment, LiveSegment) and segment.storage == MMAP)
-        if info.segment_id not in self._readers:
-            self._readers[info.segment_id] = SegmentReader(
-                self.segments_dir / info.segment_id, info, mmap=mmap
-            )
-        return self._readers[info.segment_id]
+        found = self._readers.get(info.segment_id)
+        if found is None:
+            found = SegmentReader(self.segments_dir / info.segment_id, info, mmap=mmap)
+            self._readers[info.segment_id] = found
+        return found
 
     def tombstones(self, segment: LiveSegment) -> np.ndarray:
         if segment.tombstones is None:
             return np.zeros(0, dtype=np.int64)
-        if segment.tombstones not in self._tombstones:
-            self._tombstones[segment.tombstones] = np.load(self.root / segment.tombstones)
-        return self._tombstones[segment.tombstones]
+        found = self._tombstones.get(segment.tombstones)
+        if found is None:
+            found = np.load(self.root / segment.tombstones)
+            self._tombstones[segment.tombstones] = found
+        return found
 
     def search(self, queries: np.ndarray, k: int, manifest: Manifest | None = None) -> list[list[Hit]]:
         """Top-``k`` chunks per query over all live segments, merged by score (ties: vector id)."""
@@ -268,6 +282,16 @@ class HotIndex:
                 cold=base.cold,
             )
             self.store.publish(manifest)
+            audit.append(
+                self.root,
+                "commit",
+                {
+                    **summary,
+                    "sources": request.sources,
+                    "segments": {"added": [seg.info.segment_id for seg in new]},
+                },
+                base.history,
+            )
             return CommitResult(generation, applied, stale, sum(len(v) for v in added.values()))
 
     def _next_generation(self, base: Manifest) -> int:
@@ -366,6 +390,8 @@ class HotIndex:
                 cold=request.cold or base.cold,
             )
             self.store.publish(manifest)
+            added = [info.segment_id for info, _ in request.segments]
+            audit.append(self.root, "retier", {**summary, "segments": {"added": added}}, base.history)
             return RetierResult(generation, applied, skipped)
 
     def compact(self, spec: IndexSpec | None = None) -> Manifest:
@@ -410,6 +436,11 @@ class HotIndex:
                 cold=base.cold,
             )
             self.store.publish(manifest)
+            segments = {
+                "added": [seg.info.segment_id for seg in merged],
+                "removed": [seg.info.segment_id for seg in base.segments],
+            }
+            audit.append(self.root, "compact", {**manifest.history[-1], "segments": segments}, base.history)
             self._docs_cache = None
             return manifest
 
@@ -460,6 +491,15 @@ class HotIndex:
                         continue
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
                     removed.append(path)
+            if removed:
+                entry = {
+                    "generation": current,
+                    "run_id": "gc",
+                    "committed_at": now,
+                    "removed": sorted(str(path.relative_to(self.root)) for path in removed),
+                    "kept_generations": kept,
+                }
+                audit.append(self.root, "gc", entry, [])
             return removed
 
 

@@ -732,3 +732,19 @@ def test_sigkill_during_commits_leaves_a_consistent_index(tmp_path: Path) -> Non
         # Durable before acknowledged: a commit that returned is never lost.
         assert manifest.generation >= last_acked
     assert commits_seen >= 5, "the child never got to commit; the test exercised nothing"
+
+
+def test_a_long_lived_index_drops_readers_of_retired_segments(tmp_path: Path) -> None:
+    from lifecycle.synthetic import build_synthetic_index
+
+    build_synthetic_index(tmp_path / "hot", 300, 1, 16, segment_docs=100)
+    index = HotIndex(tmp_path / "hot")
+    old = index.manifest()
+    for live in old.segments:
+        index.reader(live).index  # noqa: B018 - open each segment, as searches do
+    assert len(index._readers) == 3
+    HotIndex(tmp_path / "hot").compact()  # another process retires the three segments
+    current = index.manifest()
+    assert set(index._readers) <= {live.info.segment_id for live in current.segments}
+    assert len(index.search(np.ones((1, 16), np.float32), 5)[0]) == 5
+    assert set(index._readers) == {live.info.segment_id for live in current.segments}
