@@ -27,6 +27,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +46,7 @@ from indexing.manifest import MEMORY, MMAP, Manifest
 from indexing.segment import SegmentInfo, write_segment
 from lifecycle.policy import COLD, DELETE, HOT, WARM, LifecycleConfig, Move, Plan, plan_lifecycle
 from lifecycle.stats import append_history, read_history, tier_stats
+from tierflow import metrics
 from tierflow.errors import ConfigError, IndexConflict, IndexCorrupt
 from tierflow.failpoints import failpoint
 from tierflow.s3 import ObjectStoreUnavailable
@@ -333,6 +335,7 @@ def run_lifecycle(
             timings["cleanup_s"] = time.perf_counter() - step
             stage[0] = RECORDING
             stats = tier_stats(index, store if index.manifest().cold else None)
+            metrics.set_tiers(stats["tiers"])
             summary = {
                 "now": now,
                 "plan": plan.counts(),
@@ -442,6 +445,9 @@ def _execute(
     entry["state"] = "committed"
     _journal(index, entry)
     timings["commit_s"] = time.perf_counter() - step
+    kinds = {m.doc_id: (m.source, m.target) for m in plan.moves}
+    for (source, target), n in Counter(kinds[doc_id] for doc_id in result.applied).items():
+        metrics.LIFECYCLE_MOVES.labels(source, target).inc(n)
     say(
         f"committed generation {result.generation}: {len(result.applied)} moved, {len(result.skipped)} skipped (changed meanwhile)"
     )

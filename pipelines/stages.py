@@ -30,7 +30,7 @@ from pipelines.reconcile import DELETE, Outcome, Plan, merge_promotion, reconcil
 from pipelines.traced import TracedDoFn, traced
 from pipelines.validate import DocumentValidator
 from pipelines.write import CommitRun, DocChunks, EmbedChunks, HotTierWriteConfig, WriteDeadLetters
-from tierflow import metrics, tracing
+from tierflow import logs, metrics, tracing
 from tierflow.config import IngestConfig, to_dict
 from tierflow.deadletter import DeadLetter
 from tierflow.lineage import RunContext, code_version, document_lineage, new_run_id
@@ -431,8 +431,11 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Build a pipeline with ``build``, run it to completion and return its commit summary."""
     options = PipelineOptions([_qualified_runner(arg) for arg in beam_args or []])
-    with tracing.span(
-        "tierflow.pipeline", {"tierflow.run_id": run.run_id, "tierflow.index": str(config.index_dir)}
+    with (
+        logs.run_context(run.run_id),
+        tracing.span(
+            "tierflow.pipeline", {"tierflow.run_id": run.run_id, "tierflow.index": str(config.index_dir)}
+        ),
     ):
         pipeline = beam.Pipeline(options=options)
         build(pipeline)

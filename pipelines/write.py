@@ -32,6 +32,7 @@ from tierflow.deadletter import DeadLetter
 from tierflow.lineage import RunContext
 
 LOG = logging.getLogger(__name__)
+LOGGED_IDS = 100  # document ids a log line names at most (the full list is in lineage and the manifest)
 EMBED_SLICE = 512  # chunks per encode call: big enough to sort by length, small enough to report progress
 
 
@@ -170,6 +171,16 @@ class WriteDeadLetters(TracedDoFn):
         atomic_write_bytes(path, "".join(d.to_json() + "\n" for d in letters).encode("utf-8"))
         for (stage, reason), n in Counter((d.stage, d.reason) for d in letters).items():
             metrics.count("dead_letters", stage, reason, value=n)
+        if letters:
+            LOG.warning(
+                "%d record(s) dead-lettered to %s",
+                len(letters),
+                path,
+                extra={
+                    "reasons": dict(Counter(d.reason for d in letters)),
+                    "doc_ids": sorted({d.doc_id for d in letters if d.doc_id})[:LOGGED_IDS],
+                },
+            )
         yield (
             "deadletters",
             {"file": str(path), "count": len(letters), "reasons": dict(Counter(d.reason for d in letters))},
@@ -230,6 +241,21 @@ class CommitRun(TracedDoFn):
                 sources=self.sources,
                 summary=summary,
             )
+        )
+        doc_ids = sorted(state.doc_id for state in updates)
+        LOG.info(
+            "run %s committed generation %d: %d document(s) changed, %d stale",
+            self.run.run_id,
+            result.generation,
+            result.applied,
+            result.stale,
+            extra={
+                "run_id": self.run.run_id,
+                "generation": result.generation,
+                "documents": len(doc_ids),
+                "doc_ids": doc_ids[:LOGGED_IDS],
+                "sources": self.sources,
+            },
         )
         metrics.observe("commit_seconds", [time.monotonic() - started])
         metrics.count("commits")

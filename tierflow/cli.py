@@ -17,29 +17,12 @@ from typing import Any
 
 from tierflow.errors import ConfigError, TierflowError
 
-QUIET_LOGGERS = (
-    "apache_beam",
-    "great_expectations",
-    "urllib3",
-    "httpx",
-    "sentence_transformers",
-    "faiss",
-    "root",
-    "distributed",
-    "transformers",
-    "huggingface_hub",
-    "botocore",
-)
 
+def _setup_logging(verbose: bool, log_format: str | None = None) -> None:
+    from tierflow import logs
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(verbose, log_format)
     logging.getLogger("pipelines").setLevel(logging.INFO)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -460,6 +443,21 @@ def _add_build_args(parser: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tierflow", description=__doc__.splitlines()[0])
+    root.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text or JSON (default: $TIERFLOW_LOG_FORMAT or text)",
+    )
+    root.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port while the command runs (0 picks a free one)",
+    )
+    root.add_argument("--metrics-host", default="127.0.0.1", help="bind address for --metrics-port")
+    root.add_argument(
+        "--metrics-textfile",
+        help="write the metrics to this file when the command ends (node_exporter textfile collector)",
+    )
     sub = root.add_subparsers(dest="command", required=True)
 
     ingest = sub.add_parser("ingest", help="run the batch pipeline over files (local or s3://)")
@@ -663,12 +661,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return querylog_main(argv[2:])
     args, beam_args = parser().parse_known_args(argv)
-    _setup_logging(getattr(args, "verbose", False))
+    _setup_logging(getattr(args, "verbose", False), args.log_format)
+    from tierflow import metrics
+
     try:
+        if args.metrics_port is not None:
+            port = metrics.start_server(args.metrics_port, args.metrics_host)
+            print(f"metrics: http://{args.metrics_host}:{port}/metrics", file=sys.stderr)
         return int(args.func(args, beam_args))
     except TierflowError as err:
         print(f"tierflow: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if args.metrics_textfile:
+            metrics.write_textfile(args.metrics_textfile)
 
 
 if __name__ == "__main__":

@@ -261,6 +261,14 @@ def _merge_histogram(base: str, parts: Mapping[str, int]) -> None:
     _HISTOGRAMS[base].add(buckets, parts.get("sum", 0) / _SUM_SCALE)
 
 
+def set_tiers(tiers: Mapping[str, Mapping[str, Any]]) -> None:
+    """Set the tier gauges from ``lifecycle.stats.tier_stats(...)["tiers"]``."""
+    for tier, entry in tiers.items():
+        TIER_VECTORS.labels(tier).set(entry.get("vectors", 0))
+        for medium in ("ram", "flash", "object"):
+            TIER_BYTES.labels(tier, medium).set(entry.get(f"{medium}_bytes", 0))
+
+
 def exposition() -> bytes:
     """The registry in Prometheus text format."""
     return bytes(generate_latest(REGISTRY))
