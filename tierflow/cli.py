@@ -441,6 +441,18 @@ def _add_build_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="embedding device")
 
 
+def cmd_schedule(args: argparse.Namespace, _: list[str]) -> int:
+    from tierflow.schedule import Scheduler, load_schedule_config, serve
+
+    config = load_schedule_config(args.config)
+    if args.dry_run:
+        for name, at in Scheduler(config).upcoming(args.dry_run):
+            print(f"{at.isoformat()}  {name}")
+        return 0
+    serve(config)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tierflow", description=__doc__.splitlines()[0])
     root.add_argument(
@@ -578,6 +590,17 @@ def parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--bootstrap", help="Kafka bootstrap servers for --topic (default: [kafka])")
     serve_cmd.add_argument("--index", help="hot-tier directory for --ingest")
     serve_cmd.set_defaults(func=cmd_webhook_serve)
+
+    schedule = sub.add_parser(
+        "schedule", help="run tierflow commands on cron schedules ([[schedule.jobs]] in the config file)"
+    )
+    schedule.add_argument(
+        "--config", help="TOML config file with [[schedule.jobs]] (default: ./tierflow.toml)"
+    )
+    schedule.add_argument(
+        "--dry-run", type=int, metavar="N", default=0, help="print each job's next N fire times and exit"
+    )
+    schedule.set_defaults(func=cmd_schedule)
 
     lifecycle = sub.add_parser("lifecycle", help="age documents between hot, warm and cold by policy")
     lifecycle_sub = lifecycle.add_subparsers(dest="lifecycle_command", required=True)

@@ -233,6 +233,7 @@ COMPONENT_SECTIONS = (
     "lifecycle",
     "serve",
     "tracing",
+    "schedule",
 )  # read by their components' own loaders, not by the ingest config
 
 
