@@ -53,6 +53,7 @@ from indexing.hot import CommitRequest, HotIndex
 from indexing.search import Searcher
 from tierflow.config import build, load_config
 from tierflow.errors import ConfigError
+from tierflow.progress import bar as tqdm_bar
 from tierflow.s3 import is_s3_uri, s3_client, split_s3_uri, translate_s3_error
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,7 @@ def run_suite(
     say = progress or (lambda line: log.info("%s", line))
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
+    steps = tqdm_bar(len(suite.datasets) * len(suite.configs), f"suite {suite.name}", unit="config")
     for spec in suite.datasets:
         dataset = fetch_dataset(spec, suite, cache)
         built: dict[str, Path] = {}
@@ -276,7 +278,9 @@ def run_suite(
                 or name in only
                 or any(_needs(suite, o, config.name) for o in only if o.startswith(f"{spec.name}/"))
             )
+            steps.set_postfix_str(name)
             if not wanted:
+                steps.update(1)
                 continue
             marker = index_dir / "suite-key"
             if not (marker.exists() and marker.read_text() == key):
@@ -291,11 +295,12 @@ def run_suite(
                 say(f"{name}: index ready in {time.perf_counter() - started:.1f} s")
             else:
                 say(f"{name}: reusing {index_dir}")
-            if only and name not in only:
-                continue
-            results[name] = _score(
-                suite, spec, config, dataset, index_dir, out / spec.name / config.name, say
-            )
+            if not only or name in only:
+                results[name] = _score(
+                    suite, spec, config, dataset, index_dir, out / spec.name / config.name, say
+                )
+            steps.update(1)
+    steps.close()
     _parity(suite, results)
     failures = [
         f"{name}: {metric} = {result['metrics']['mean'].get(metric, float('nan')):.4f} < {threshold}"

@@ -46,7 +46,7 @@ from indexing.manifest import MEMORY, MMAP, Manifest
 from indexing.segment import SegmentInfo, write_segment
 from lifecycle.policy import COLD, DELETE, HOT, WARM, LifecycleConfig, Move, Plan, plan_lifecycle
 from lifecycle.stats import append_history, read_history, tier_stats
-from tierflow import metrics
+from tierflow import metrics, progress
 from tierflow.errors import ConfigError, IndexConflict, IndexCorrupt
 from tierflow.failpoints import failpoint
 from tierflow.s3 import ObjectStoreUnavailable
@@ -172,14 +172,16 @@ def _copy_to_cold(
     expected_rows: list[dict[str, Any]] = []
     expected_vectors: list[np.ndarray] = []
     version = store.version
-    for start in range(0, len(states), COPY_DOCS):
-        part = states[start : start + COPY_DOCS]
-        rows, vectors = index.doc_vectors(part)
-        version = store.append(rows, vectors, batch, _doc_fields(part))
-        expected_rows.extend({k: r[k] for k in ("vector_id", "chunk_id", "content_hash")} for r in rows)
-        expected_vectors.append(vectors.astype(store.np_dtype))
-        say(f"copied {min(start + COPY_DOCS, len(states))}/{len(states)} documents to cold")
-        failpoint("lifecycle.copying")
+    with progress.bar(len(states), "copy to cold", unit="doc") as shown:
+        for start in range(0, len(states), COPY_DOCS):
+            part = states[start : start + COPY_DOCS]
+            rows, vectors = index.doc_vectors(part)
+            version = store.append(rows, vectors, batch, _doc_fields(part))
+            expected_rows.extend({k: r[k] for k in ("vector_id", "chunk_id", "content_hash")} for r in rows)
+            expected_vectors.append(vectors.astype(store.np_dtype))
+            shown.update(len(part))
+            say(f"copied {min(start + COPY_DOCS, len(states))}/{len(states)} documents to cold")
+            failpoint("lifecycle.copying")
     failpoint("lifecycle.copied")
     count, found = store.batch_digest(batch)
     want = digest(expected_rows, np.vstack(expected_vectors)) if expected_vectors else ""

@@ -26,7 +26,7 @@ from indexing.faiss_index import IndexSpec
 from indexing.hot import CommitRequest, HotIndex
 from indexing.segment import SegmentInfo, write_segment
 from pipelines.traced import TracedDoFn, traced
-from tierflow import metrics
+from tierflow import metrics, progress
 from tierflow.config import EmbeddingConfig
 from tierflow.deadletter import DeadLetter
 from tierflow.lineage import RunContext
@@ -64,6 +64,7 @@ class EmbedChunks(TracedDoFn):
         order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i].content.text or ""))
         started = time.monotonic()
         metrics.count("stage_documents", "embed", "in", value=len(docs))
+        shown = progress.bar(len(order), f"embed shard {shard}", unit="chunk")
         for start in range(0, len(order), EMBED_SLICE):
             part = order[start : start + EMBED_SLICE]
             sliced = time.monotonic()
@@ -71,11 +72,13 @@ class EmbedChunks(TracedDoFn):
             metrics.observe("embedding_batch_seconds", [time.monotonic() - sliced])
             metrics.count("embedded_chunks", value=len(part))
             self.note("chunks", len(part))
+            shown.update(len(part))
             for i, vector in zip(part, vectors, strict=True):
                 chunks[i].embedding = Embedding(dense_embedding=vector)
             done = min(start + EMBED_SLICE, len(order))
             rate = done / max(time.monotonic() - started, 1e-9)
             LOG.info("embed shard %s: %d/%d chunks (%.1f chunks/s)", shard, done, len(order), rate)
+        shown.close()
         if chunks:  # the shard's embedding time, spread over its chunks, for the run's cost counters
             share = (time.monotonic() - started) * 1000 / len(chunks)
             for chunk in chunks:
