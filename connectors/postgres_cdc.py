@@ -105,7 +105,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from tierflow import jsonparse
+from tierflow import jsonparse, metrics
 from tierflow.config import build, load_settings
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError, TierflowError, Transient
@@ -867,6 +867,7 @@ class PostgresCdcSource:
         resume position), or None when none arrived within ``policy.poll_s``. Polling again before
         :meth:`acknowledge` returns the same changes (and any that arrived since)."""
         self._require_started()
+        metrics.CDC_SLOT_LAG.labels(self.config.slot).set(self.lag_bytes())
         deadline = time.monotonic() + policy.poll_s
         while True:
             batch, idle_lsn = self._read(policy.max_records)
@@ -918,6 +919,17 @@ class PostgresCdcSource:
             (self.config.slot,),
         ).fetchone()
         return parse_lsn(row[0]) if row and row[0] else None
+
+    def lag_bytes(self) -> int:
+        """WAL bytes between the server's current position and the slot's confirmed one: how far the
+        index is behind the database (``tierflow_cdc_slot_lag_bytes``)."""
+        self._require_started()
+        row = self._execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+            "FROM pg_replication_slots WHERE slot_name = %s",
+            (self.config.slot,),
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     def __enter__(self) -> PostgresCdcSource:
         return self

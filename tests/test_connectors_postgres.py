@@ -29,6 +29,7 @@ from connectors.postgres_cdc import (
 from indexing.hot import HotIndex
 from pipelines.stream import Batch, BatchPolicy, MicroBatchStream
 from tests.helpers import config, demo_docs, live_docs, live_vectors, top_doc
+from tierflow import metrics
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError
 from tierflow.records import DocumentEvent
@@ -270,7 +271,10 @@ def test_peek_consumes_nothing_and_acknowledge_advances_the_slot(postgres_db: st
     try:
         created_at = _confirmed(postgres_db, slot)
         _sql(postgres_db, *(f"INSERT INTO articles (id, body) VALUES ({i}, 'body {i}')" for i in range(3)))
+        behind = source.lag_bytes()
+        assert behind > 0, "three inserts not yet acknowledged: the slot lags the server"
         first, again = source.poll(POLICY), source.poll(POLICY)
+        assert metrics.REGISTRY.get_sample_value("tierflow_cdc_slot_lag_bytes", {"slot": slot}) >= behind
         assert [e.doc_id for e in _events(first)] == ["0", "1", "2"]
         assert again is not None and first is not None
         assert [(e.doc_id, e.version) for e in _events(again)] == [
@@ -282,6 +286,7 @@ def test_peek_consumes_nothing_and_acknowledge_advances_the_slot(postgres_db: st
         source.acknowledge(first)
         position = int(first.positions[f"postgres:{slot}"])
         assert _confirmed(postgres_db, slot) == position == source.confirmed_lsn()
+        assert source.lag_bytes() < behind
         assert source.poll(POLICY) is None
         _sql(postgres_db, "UPDATE articles SET body = 'body 1, new' WHERE id = 1")
         following = _events(source.poll(POLICY))
