@@ -58,24 +58,21 @@ import json
 import logging
 import math
 import re
-import signal
-import socket
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
-from connectors.jsonparse import TOO_MANY_DIGITS, has_surrogate, is_finite_number
 from connectors.local_queue import LocalQueue
+from tierflow import jsonparse, metrics
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError, Terminal, TierflowError
+from tierflow.http import BackgroundServer, JsonRequestHandler, JsonServer, content_length, stop_on_signals
+from tierflow.jsonparse import is_finite_number, json_type
 from tierflow.records import OPS, DocumentEvent, Op, SourcePosition
 
 __all__ = [
@@ -121,7 +118,6 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 ENV_PREFIX = "TIERFLOW__WEBHOOK__"
 
 _ID = re.compile(r"[\x21-\x7e]{1,256}")
-_DIGITS = re.compile(r"[0-9]+")
 _MIN_VERSION, _MAX_VERSION = -(1 << 63), (1 << 63) - 1  # versions are stored as int64
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _MAX_CHUNK_LINE = 1024
@@ -294,16 +290,6 @@ def verify_github(secret: str | Sequence[str], header: str | None, body: bytes) 
 _EVENT_FIELDS = ("doc_id", "op", "text", "title", "metadata", "version", "event_time")
 
 
-def _type(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-    if isinstance(value, dict):
-        return any(has_surrogate(k) or has_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_surrogate(v) for v in value)
-    return False
-
-
 def parse_event(
     body: bytes, webhook_id: str, *, receiver: str = DEFAULT_NAME, timestamp: float | None = None
 ) -> DocumentEvent:
@@ -312,7 +298,9 @@ def parse_event(
     The body is a JSON object: ``doc_id`` (string or integer, required), ``op`` (``upsert`` by default
     or ``delete``), ``text``, ``title``, ``metadata`` (object), ``version`` (64-bit integer, required: it
     orders the document's changes), ``event_time`` (epoch seconds; defaults to ``timestamp``). Other
-    top-level fields are kept in ``metadata`` (``metadata``'s own keys win). Deletes carry no text.
+    top-level fields are kept in ``metadata`` (``metadata``'s own keys win). Deletes carry no text. The
+    JSON is strict (:func:`tierflow.jsonparse.loads`): ``NaN``, ``Infinity``, numbers that overflow a
+    double and names repeated in an object are ``malformed_json`` anywhere in the body.
 
     Args:
         body: The raw body.
@@ -329,27 +317,17 @@ def parse_event(
         return WebhookRejected(400, reason, detail, webhook_id, doc_id)
 
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise reject("not_utf8", f"invalid UTF-8 at byte {err.start}: {err.reason}") from None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise reject("malformed_json", f"{err.msg} at line {err.lineno} column {err.colno}") from None
-    except ValueError:
-        raise reject("malformed_json", TOO_MANY_DIGITS) from None
-    except RecursionError:
-        raise reject("malformed_json", "JSON nested too deeply to parse") from None
+        record = jsonparse.loads(body)
+    except jsonparse.JsonRejected as err:
+        raise reject(err.reason, err.detail) from None
     if not isinstance(record, dict):
-        raise reject("not_an_object", f"the body is a JSON {_type(record)}, expected an object")
-    if ("\\ud" in text or "\\uD" in text) and has_surrogate(record):
-        raise reject("not_utf8", "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
+        raise reject("not_an_object", f"the body is a JSON {json_type(record)}, expected an object")
 
     raw_id = record.get("doc_id")
     if raw_id is None:
         raise reject("missing_id", f"doc_id is {'absent' if 'doc_id' not in record else 'null'}")
     if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
-        raise reject("wrong_type", f"doc_id is a {_type(raw_id)}; expected a string")
+        raise reject("wrong_type", f"doc_id is a JSON {json_type(raw_id)}; expected a string")
     doc_id = str(raw_id)
     if not doc_id.strip():
         raise reject("missing_id", "doc_id is empty")
@@ -361,7 +339,7 @@ def parse_event(
 
     version = record.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
-        state = "absent" if "version" not in record else f"a {_type(version)}"
+        state = "absent" if "version" not in record else f"a JSON {json_type(version)}"
         raise reject("wrong_type", f"version is {state}; expected an integer (larger is newer)", doc_id)
     if not _MIN_VERSION <= version <= _MAX_VERSION:
         shown = str(version) if len(str(version)) <= 24 else f"{str(version)[:20]}..."
@@ -371,18 +349,20 @@ def parse_event(
     for name in ("text", "title"):
         value = record.get(name)
         if value is not None and not isinstance(value, str):
-            raise reject("wrong_type", f"{name} is a {_type(value)}; expected a string", doc_id)
+            raise reject("wrong_type", f"{name} is a JSON {json_type(value)}; expected a string", doc_id)
         strings[name] = value or ""
 
     metadata = record.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        raise reject("wrong_type", f"metadata is a {_type(metadata)}; expected an object", doc_id)
+        raise reject("wrong_type", f"metadata is a JSON {json_type(metadata)}; expected an object", doc_id)
 
     event_time = record.get("event_time")
     if event_time is None:
         event_time = timestamp
     elif isinstance(event_time, bool) or not isinstance(event_time, int | float):
-        raise reject("wrong_type", f"event_time is a {_type(event_time)}; expected epoch seconds", doc_id)
+        raise reject(
+            "wrong_type", f"event_time is a JSON {json_type(event_time)}; expected epoch seconds", doc_id
+        )
     elif not is_finite_number(event_time):
         raise reject("wrong_type", f"event_time is {event_time}; expected a finite number", doc_id)
 
@@ -415,7 +395,7 @@ def encode_record(webhook_id: str, timestamp: int, body: bytes, receiver: str, r
 
 
 def _envelope(record: bytes) -> dict[str, Any]:
-    envelope = json.loads(record)
+    envelope = jsonparse.loads(record)
     if not isinstance(envelope, dict) or not isinstance(envelope.get("webhook_id"), str):
         raise ValueError("not a webhook queue record")
     return envelope
@@ -635,17 +615,11 @@ class _RateLimiter:
             return (1.0 - tokens) / self.rate
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
+class _Server(JsonServer):
     receiver: WebhookReceiver
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class WebhookReceiver:
+class WebhookReceiver(BackgroundServer):
     """An HTTP server taking signed deliveries on ``POST /v1/events`` into a durable sink.
 
     Args:
@@ -667,6 +641,7 @@ class WebhookReceiver:
             raise ConfigError(
                 "the webhook receiver needs at least one secret (webhook.secrets or TIERFLOW__WEBHOOK__SECRETS)"
             )
+        super().__init__()
         self.config = config
         self._keys = _keys(config.secrets)
         self._limiter = (
@@ -677,84 +652,39 @@ class WebhookReceiver:
         self._owns_sink = sink is None
         self.dead_letters = dead_letters or JsonlDeadLetters(Path(config.queue_dir) / "dead-letters.jsonl")
         self.counts: Counter[str] = Counter()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._ids_lock = threading.Lock()
         self._accepted: dict[str, int] = {}  # webhook id -> its timestamp
         self._pending: dict[str, threading.Event] = {}
         self._last_prune = 0.0
-        self._flight = threading.Condition()
-        self._inflight = 0
-        self._stopping = False
 
     # lifecycle
 
-    def start(self) -> WebhookReceiver:
+    def start(self) -> Self:
         """Open the sink, rebuild the accepted-id set from it, bind and serve in a background thread."""
-        if self._server is not None or self._stopping:
-            raise RuntimeError("a WebhookReceiver starts once")
+        self._check_startable()
         if self._sink is None:
             # Keep segments that may hold ids still inside the replay window (a timestamp may be up to
             # tolerance ahead of its arrival), even once the pipeline has committed them.
             self._sink = LocalQueue(self.config.queue_dir, keep_recent_s=2 * self.config.tolerance_s + 60)
         try:
             self._recover_ids()
-            handler = type("_Handler", (_Handler,), {"timeout": self.config.read_timeout_s})
-            server_class: type[_Server] = _Server
-            if ":" in self.config.host:
-                server_class = _Server6
-            server = server_class((self.config.host, self.config.port), handler)
+            server = _Server.create(self.config.host, self.config.port, _Handler, self.config.read_timeout_s)
         except BaseException:
             self._close_sink()
             raise
         server.receiver = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.1,), name="webhook-receiver", daemon=True
-        )
-        self._thread.start()
+        self._serve_in_thread(server, "webhook-receiver")
         log.info("webhook receiver %r listening on %s", self.config.name, self.url)
         return self
 
     def stop(self, drain_s: float = 10.0) -> None:
         """Stop taking requests, let those in flight finish (up to ``drain_s``), close an owned sink."""
-        with self._flight:
-            self._stopping = True
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=drain_s)
-        with self._flight:
-            deadline = time.monotonic() + drain_s
-            while self._inflight and time.monotonic() < deadline:
-                self._flight.wait(deadline - time.monotonic())
+        self._stop_serving(drain_s)
         self._close_sink()
 
     def _close_sink(self) -> None:
         if self._owns_sink and isinstance(self._sink, LocalQueue):
             self._sink.close()
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """``(host, port)`` the server is bound to (the real port when configured with 0)."""
-        if self._server is None:
-            raise RuntimeError("the receiver is not started")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    @property
-    def url(self) -> str:
-        host, port = self.address
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     @property
     def sink(self) -> EventSink:
@@ -806,18 +736,6 @@ class WebhookReceiver:
                     self._last_prune = now
         holder.set()
 
-    def _enter(self) -> bool:
-        with self._flight:
-            if self._stopping:
-                return False
-            self._inflight += 1
-            return True
-
-    def _leave(self) -> None:
-        with self._flight:
-            self._inflight -= 1
-            self._flight.notify_all()
-
     def _count(self, key: str) -> None:
         with self._ids_lock:
             self.counts[key] += 1
@@ -831,17 +749,6 @@ class WebhookReceiver:
             log.exception("webhook receiver: cannot write a dead letter (%s)", letter.reason)
 
 
-def _content_length(value: str) -> int | None:
-    """A ``Content-Length`` value, or None when it is not one: ASCII digits only, as RFC 9110 says
-    (``str.isdigit`` also takes ``²``, which ``int`` refuses). Over 18 significant digits is over every
-    body limit, and comes back as ``sys.maxsize``."""
-    text = value.strip()
-    if not _DIGITS.fullmatch(text):
-        return None
-    significant = text.lstrip("0") or "0"
-    return int(significant) if len(significant) <= 18 else sys.maxsize
-
-
 class _Framing(Exception):
     def __init__(self, rejection: WebhookRejected, raw: bytes = b"") -> None:
         super().__init__(rejection)
@@ -849,59 +756,25 @@ class _Framing(Exception):
         self.raw = raw
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonRequestHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stall
     server_version = "tierflow-webhooks"
-    sys_version = ""
+    logger = log
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        if urlsplit(getattr(self, "path", "")).path == EVENTS_PATH:
+            metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
 
     @property
     def receiver(self) -> WebhookReceiver:
         return self.server.receiver
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        log.debug("%s %s", self.client_address[0], format % args)
-
-    def handle_expect_100(self) -> bool:
-        # An oversized body is refused before the client sends it: no "100 Continue", do_POST answers 413.
-        length = _content_length(self.headers.get("Content-Length", ""))
-        if length is not None and length > self.receiver.config.max_body_bytes:
-            return True
-        return super().handle_expect_100()
+    @property
+    def max_body_bytes(self) -> int:
+        return self.receiver.config.max_body_bytes
 
     # responses
-
-    def _send(self, status: int, payload: Mapping[str, Any], extra: Mapping[str, str] | None = None) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _linger(self) -> None:
-        """After refusing an unread body: stop writing, discard what the client still sends (bounded).
-
-        Closing with unread data makes the kernel send a reset, which can destroy the answer before
-        the client reads it.
-        """
-        try:
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(0.5)
-            deadline, drained = time.monotonic() + 2.0, 0
-            while drained < 4 * self.receiver.config.max_body_bytes and time.monotonic() < deadline:
-                chunk = self.connection.recv(1 << 16)
-                if not chunk:
-                    break
-                drained += len(chunk)
-        except OSError:
-            pass
 
     def _refuse(self, rejection: WebhookRejected, raw: bytes, authenticated: bool, stage: str) -> None:
         receiver = self.receiver
@@ -925,15 +798,7 @@ class _Handler(BaseHTTPRequestHandler):
         payload: dict[str, Any] = {"error": rejection.reason, "detail": rejection.detail}
         if rejection.status == 409 and rejection.webhook_id:
             payload["id"] = rejection.webhook_id
-        lingering = rejection.status == 413
-        if lingering:
-            self.close_connection = True
-        try:
-            self._send(rejection.status, payload)
-        except OSError:
-            return
-        if lingering:
-            self._linger()
+        self.send_refusal(rejection.status, payload, unread=rejection.status == 413)
 
     # body framing
 
@@ -945,7 +810,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise _Framing(WebhookRejected(400, "bad_framing", "both Content-Length and Transfer-Encoding"))
         if lengths:
-            length = _content_length(lengths[0]) if len(set(lengths)) == 1 else None
+            length = content_length(lengths[0]) if len(set(lengths)) == 1 else None
             if length is None:
                 self.close_connection = True
                 raise _Framing(WebhookRejected(400, "bad_framing", "Content-Length is not one integer"))
@@ -1009,18 +874,18 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == HEALTH_PATH:
             stopping = self.receiver._stopping
-            self._send(503 if stopping else 200, {"status": "stopping" if stopping else "ok"})
+            self.send_json(503 if stopping else 200, {"status": "stopping" if stopping else "ok"})
         elif path == EVENTS_PATH:
-            self._send(
+            self.send_json(
                 405, {"error": "method_not_allowed", "detail": f"POST to {EVENTS_PATH}"}, {"Allow": "POST"}
             )
         else:
-            self._send(404, {"error": "not_found", "detail": f"deliveries go to POST {EVENTS_PATH}"})
+            self.send_json(404, {"error": "not_found", "detail": f"deliveries go to POST {EVENTS_PATH}"})
 
     def do_POST(self) -> None:
         if urlsplit(self.path).path != EVENTS_PATH:
             self.close_connection = True  # the body is not read
-            self._send(404, {"error": "not_found", "detail": f"deliveries go to POST {EVENTS_PATH}"})
+            self.send_json(404, {"error": "not_found", "detail": f"deliveries go to POST {EVENTS_PATH}"})
             return
         receiver = self.receiver
         if receiver._limiter is not None:
@@ -1050,12 +915,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _turn_away(self, status: int, error: str, detail: str, retry_after_s: int) -> None:
         """Refuse a delivery before reading its body (not dead-lettered: the sender retries)."""
-        self.close_connection = True
-        try:
-            self._send(status, {"error": error, "detail": detail}, {"Retry-After": str(retry_after_s)})
-        except OSError:
-            return
-        self._linger()
+        payload = {"error": error, "detail": detail}
+        self.send_refusal(status, payload, {"Retry-After": str(retry_after_s)}, unread=True)
 
     def _deliver(self, receiver: WebhookReceiver) -> None:
         config = receiver.config
@@ -1111,7 +972,7 @@ class _Handler(BaseHTTPRequestHandler):
                 receiver._count("sink_unavailable")
                 log.error("webhook receiver: the queue refused delivery %s: %s", webhook_id, err)
                 self.close_connection = True
-                self._send(
+                self.send_json(
                     503,
                     {"error": "sink_unavailable", "detail": "the event could not be stored; retry later"},
                     {"Retry-After": "1"},
@@ -1122,7 +983,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("webhook receiver: delivery %s stored at offset %d", webhook_id, offset)
         finally:
             receiver._release(webhook_id, accepted)
-        self._send(202, {"accepted": webhook_id})
+        self.send_json(202, {"accepted": webhook_id})
 
 
 def serve(
@@ -1133,18 +994,12 @@ def serve(
     Signal handlers are installed only when called from the main thread. ``sink`` replaces the local
     durable queue (e.g. ``connectors.kafka_client.KafkaEventSink`` for a document topic).
     """
-    stop = stop or threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    receiver = WebhookReceiver(config, sink=sink)
-    try:
-        receiver.start()
-        print(f"tierflow webhooks: listening on {receiver.url}{EVENTS_PATH}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        receiver.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with stop_on_signals(stop) as stopped:
+        receiver = WebhookReceiver(config, sink=sink)
+        try:
+            receiver.start()
+            print(f"tierflow webhooks: listening on {receiver.url}{EVENTS_PATH}", flush=True)
+            while not stopped.wait(0.5):
+                pass
+        finally:
+            receiver.stop()

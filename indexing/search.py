@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from indexing.docs_table import CANONICAL, DUPLICATE
 from indexing.embedder import Embedder
 from indexing.hot import TIERS, HotIndex
 from indexing.manifest import Manifest
+from tierflow import metrics
 from tierflow.config import EmbeddingConfig
 from tierflow.errors import IncompatibleIndex
 
@@ -269,8 +271,9 @@ class Searcher:
             ValueError: ``tiers`` names a tier that does not exist, or none.
             IncompatibleIndex: The index holds vectors of another model.
         """
+        started = time.perf_counter()
         manifest = manifest or self.index.manifest()
-        _tier_set(tiers)
+        searched = ",".join(t for t in TIERS if t in _tier_set(tiers))
         view = self._doc_view(manifest)
         if not manifest.segments and not view.cold:
             return [[] for _ in queries]
@@ -305,6 +308,7 @@ class Searcher:
         ]
         if self.access is not None:
             self.access.record([r.doc_id for found in results for r in found])
+        metrics.SEARCH_SECONDS.labels(searched).observe(time.perf_counter() - started)
         return results
 
     def _best_documents(

@@ -51,32 +51,30 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import re
-import signal
-import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from indexing.hot import TIERS
 from indexing.manifest import CURRENT, Manifest
 from indexing.search import Searcher
-from tierflow import __version__
+from tierflow import __version__, jsonparse, metrics
 from tierflow.errors import ConfigError, TierflowError, Transient
+from tierflow.http import BackgroundServer, JsonRequestHandler, JsonServer, content_length, stop_on_signals
 
 __all__ = [
     "HEALTH_PATH",
+    "METRICS_PATH",
     "OPENAPI_PATH",
     "READY_PATH",
     "SEARCH_PATH",
@@ -95,10 +93,16 @@ SEARCH_PATH = "/v1/search"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 OPENAPI_PATH = "/openapi.json"
-ROUTES = {SEARCH_PATH: "POST", HEALTH_PATH: "GET", READY_PATH: "GET", OPENAPI_PATH: "GET"}
+METRICS_PATH = "/metrics"
+ROUTES = {
+    SEARCH_PATH: "POST",
+    HEALTH_PATH: "GET",
+    READY_PATH: "GET",
+    OPENAPI_PATH: "GET",
+    METRICS_PATH: "GET",
+}
 DEFAULT_K = 10
 RETRY_AFTER_S = 1
-_MAX_LENGTH_DIGITS = 18  # a longer Content-Length is over every body limit
 
 
 @dataclass(frozen=True)
@@ -187,30 +191,20 @@ def _invalid(detail: str) -> RequestRefused:
     return RequestRefused(400, "invalid_field", detail)
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
 
 
 def parse_search_request(body: bytes, max_k: int) -> SearchRequest:
-    """Decode and check a search body.
+    """Decode and check a search body (strict JSON: :func:`tierflow.jsonparse.loads`).
 
     Raises:
         RequestRefused: 400 ``malformed_json`` or ``invalid_field`` (the detail names the field).
     """
     try:
-        data = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
-    except UnicodeDecodeError as err:
-        raise RequestRefused(400, "malformed_json", f"invalid UTF-8 at byte {err.start}") from None
-    except json.JSONDecodeError as err:
-        raise RequestRefused(
-            400, "malformed_json", f"{err.msg} at line {err.lineno} column {err.colno}"
-        ) from None
-    except (ValueError, RecursionError) as err:  # NaN/Infinity, too many digits, nesting
-        raise RequestRefused(400, "malformed_json", str(err) or type(err).__name__) from None
+        data = jsonparse.loads(body)
+    except jsonparse.JsonRejected as err:  # not_utf8 too: this API has one code for an unreadable body
+        raise RequestRefused(400, "malformed_json", err.detail) from None
     if not isinstance(data, dict):
         raise _invalid("the body must be a JSON object")
     unknown = sorted(set(data) - set(_REQUEST_FIELDS))
@@ -252,17 +246,11 @@ def parse_search_request(body: bytes, max_k: int) -> SearchRequest:
 # --- the service --------------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
+class _Server(JsonServer):
     service: SearchService
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class SearchService:
+class SearchService(BackgroundServer):
     """An HTTP server answering searches over one index with a :class:`~indexing.search.Searcher`.
 
     Args:
@@ -278,6 +266,7 @@ class SearchService:
     """
 
     def __init__(self, searcher: Searcher, config: ServeConfig) -> None:
+        super().__init__()
         self.searcher = searcher
         self.config = config
         self.counts: Counter[str] = Counter()
@@ -290,27 +279,15 @@ class SearchService:
         self._identity: dict[str, Any] | None = None
         self._warmed = threading.Event()
         self._warm_error: Exception | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._flight = threading.Condition()
-        self._inflight = 0
-        self._stopping = False
 
     # lifecycle
 
-    def start(self) -> SearchService:
+    def start(self) -> Self:
         """Bind, serve in a background thread, and load the model and open the index in another."""
-        if self._server is not None or self._stopping:
-            raise RuntimeError("a SearchService starts once")
-        handler = type("_Handler", (_Handler,), {"timeout": self.config.request_timeout_s})
-        server_class: type[_Server] = _Server6 if ":" in self.config.host else _Server
-        server = server_class((self.config.host, self.config.port), handler)
+        self._check_startable()
+        server = _Server.create(self.config.host, self.config.port, _Handler, self.config.request_timeout_s)
         server.service = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.1,), name="search-http", daemon=True
-        )
-        self._thread.start()
+        self._serve_in_thread(server, "search-http")
         threading.Thread(target=self._warm_up, name="search-warm-up", daemon=True).start()
         log.info("search service listening on %s", self.url)
         return self
@@ -346,17 +323,7 @@ class SearchService:
 
     def stop(self, drain_s: float = 10.0) -> None:
         """Stop taking requests, let those in flight finish (up to ``drain_s``), close the searcher."""
-        with self._flight:
-            self._stopping = True
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=drain_s)
-        with self._flight:
-            deadline = time.monotonic() + drain_s
-            while self._inflight and time.monotonic() < deadline:
-                self._flight.wait(deadline - time.monotonic())
+        self._stop_serving(drain_s)
         if not self._index_lock.acquire(timeout=drain_s):
             log.warning("search service: a search is still running; the access log is not flushed")
             return
@@ -364,27 +331,6 @@ class SearchService:
             self.searcher.close()
         finally:
             self._index_lock.release()
-
-    def __enter__(self) -> SearchService:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """``(host, port)`` the server is bound to (the real port when configured with 0)."""
-        if self._server is None:
-            raise RuntimeError("the service is not started")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    @property
-    def url(self) -> str:
-        host, port = self.address
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     @property
     def warm_error(self) -> Exception | None:
@@ -471,60 +417,30 @@ class SearchService:
     def _leave_admission(self) -> None:
         self._admission.release()
 
-    def _enter(self) -> bool:
-        with self._flight:
-            if self._stopping:
-                return False
-            self._inflight += 1
-            return True
-
-    def _leave(self) -> None:
-        with self._flight:
-            self._inflight -= 1
-            self._flight.notify_all()
-
     def _count(self, key: str) -> None:
         with self._counts_lock:
             self.counts[key] += 1
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonRequestHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     server_version = "tierflow-search"
-    sys_version = ""
-    # Headers and body go out in two writes; with Nagle's algorithm the second waits for the client's
-    # delayed ACK of the first, about 40 ms on every answer of a keep-alive connection.
-    disable_nagle_algorithm = True
+    logger = log
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        if urlsplit(getattr(self, "path", "")).path == SEARCH_PATH:
+            metrics.SEARCH_REQUESTS.labels(str(code)).inc()
 
     @property
     def service(self) -> SearchService:
         return self.server.service
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        log.debug("%s %s", self.client_address[0], format % args)
-
-    def handle_expect_100(self) -> bool:
-        # An oversized body is refused before the client sends it: no "100 Continue", do_POST answers 413.
-        length = _content_length(self.headers.get("Content-Length", ""))
-        if length is not None and length > self.service.config.max_body_bytes:
-            return True
-        return super().handle_expect_100()
+    @property
+    def max_body_bytes(self) -> int:
+        return self.service.config.max_body_bytes
 
     # responses
-
-    def _send(self, status: int, payload: Mapping[str, Any], extra: Mapping[str, str] | None = None) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
 
     def _refuse(self, refusal: RequestRefused, unread: bool = False, allow: str | None = None) -> None:
         """Answer an error; with ``unread``, the body was not read: close, and drain what the client sends."""
@@ -534,33 +450,9 @@ class _Handler(BaseHTTPRequestHandler):
             extra["Retry-After"] = str(refusal.retry_after)
         if allow:
             extra["Allow"] = allow
-        if unread:
-            self.close_connection = True
-        try:
-            self._send(refusal.status, {"error": refusal.error, "detail": refusal.detail}, extra)
-        except OSError:
-            return
-        if unread:
-            self._linger()
-
-    def _linger(self) -> None:
-        """After refusing an unread body: stop writing, discard what the client still sends (bounded).
-
-        Closing with unread data makes the kernel send a reset, which can destroy the answer before
-        the client reads it.
-        """
-        try:
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(0.5)
-            deadline, drained = time.monotonic() + 2.0, 0
-            while drained < 4 * self.service.config.max_body_bytes and time.monotonic() < deadline:
-                chunk = self.connection.recv(1 << 16)
-                if not chunk:
-                    break
-                drained += len(chunk)
-        except OSError:
-            pass
+        self.send_refusal(
+            refusal.status, {"error": refusal.error, "detail": refusal.detail}, extra, unread=unread
+        )
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The base class's errors (bad request line, headers too long, ...) as JSON, like every other."""
@@ -568,8 +460,7 @@ class _Handler(BaseHTTPRequestHandler):
         error = "bad_request" if code == 400 else "method_not_allowed" if code == 501 else f"http_{code}"
         status = 405 if code == 501 else code
         detail = message or explain or self.responses.get(code, ("",))[0]
-        with contextlib.suppress(OSError):
-            self._send(status, {"error": error, "detail": detail})
+        self.send_refusal(status, {"error": error, "detail": detail})
 
     # routes
 
@@ -587,15 +478,22 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         service = self.service
         if path == HEALTH_PATH:
-            self._send(200, {"status": "ok"})
+            self.send_json(200, {"status": "ok"})
         elif path == READY_PATH:
             ready, detail, manifest = service.readiness()
             if ready and manifest is not None:
-                self._send(200, {"status": "ready", "generation": manifest.generation})
+                self.send_json(200, {"status": "ready", "generation": manifest.generation})
             else:
                 self._refuse(RequestRefused(503, "not_ready", detail, RETRY_AFTER_S))
         elif path == OPENAPI_PATH:
-            self._send(200, openapi(service.config))
+            self.send_json(200, openapi(service.config))
+        elif path == METRICS_PATH:
+            body = metrics.exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         else:
             self._route_miss(path)
 
@@ -638,7 +536,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestRefused(411, "length_required", "send the body with Content-Length, not chunked")
         if not lengths:
             raise RequestRefused(411, "length_required", "a search needs Content-Length")
-        length = _content_length(lengths[0]) if len(set(lengths)) == 1 else None
+        length = content_length(lengths[0]) if len(set(lengths)) == 1 else None
         if length is None:
             raise RequestRefused(400, "bad_framing", "Content-Length is not one integer")
         if length > config.max_body_bytes:
@@ -695,21 +593,12 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         service._count("searched")
-        self._send(200, answer)
+        self.send_json(200, answer)
 
     def _not_allowed(self) -> None:
         self._route_miss(urlsplit(self.path).path)
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _not_allowed
-
-
-def _content_length(value: str) -> int | None:
-    """A ``Content-Length`` value (ASCII digits only, as RFC 9110 says), or None when it is not one."""
-    text = value.strip()
-    if not re.fullmatch(r"[0-9]+", text):
-        return None
-    significant = text.lstrip("0") or "0"
-    return int(significant) if len(significant) <= _MAX_LENGTH_DIGITS else 10**_MAX_LENGTH_DIGITS
 
 
 # --- the OpenAPI document ------------------------------------------------------------------------------
@@ -889,6 +778,19 @@ def openapi(config: ServeConfig) -> dict[str, Any]:
                     },
                 }
             },
+            METRICS_PATH: {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics of this process (text exposition format 0.0.4)",
+                    "responses": {
+                        "200": {
+                            "description": "The metrics.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "405": not_allowed,
+                    },
+                }
+            },
             OPENAPI_PATH: {
                 "get": {
                     "operationId": "openapi",
@@ -927,28 +829,22 @@ def serve(searcher: Searcher, config: ServeConfig, *, stop: threading.Event | No
     Raises:
         Exception: What kept the embedding model from loading (the service stops first).
     """
-    stop = stop or threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    service = SearchService(searcher, config)
-    try:
-        service.start()
-        print(
-            f"tierflow serve: listening on {service.url}{SEARCH_PATH} (API: {service.url}{OPENAPI_PATH})",
-            flush=True,
-        )
-        while not service._warmed.wait(0.2):
-            if stop.is_set():
-                return
-        if service.warm_error is not None:
-            raise service.warm_error
-        ready, detail, _ = service.readiness()
-        print(f"tierflow serve: {'ready' if ready else f'not ready yet: {detail}'}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        service.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with stop_on_signals(stop) as stopped:
+        service = SearchService(searcher, config)
+        try:
+            service.start()
+            print(
+                f"tierflow serve: listening on {service.url}{SEARCH_PATH} (API: {service.url}{OPENAPI_PATH})",
+                flush=True,
+            )
+            while not service._warmed.wait(0.2):
+                if stopped.is_set():
+                    return
+            if service.warm_error is not None:
+                raise service.warm_error
+            ready, detail, _ = service.readiness()
+            print(f"tierflow serve: {'ready' if ready else f'not ready yet: {detail}'}", flush=True)
+            while not stopped.wait(0.5):
+                pass
+        finally:
+            service.stop()

@@ -286,7 +286,12 @@ def test_parse_event() -> None:
         (b'{"doc_id": "a", "version": 1, "title": {}}', "wrong_type"),
         (b'{"doc_id": "a", "version": 1, "metadata": []}', "wrong_type"),
         (b'{"doc_id": "a", "version": 1, "event_time": "yesterday"}', "wrong_type"),
-        (b'{"doc_id": "a", "version": 1, "event_time": NaN}', "wrong_type"),
+        (b'{"doc_id": "a", "version": 1, "event_time": NaN}', "malformed_json"),
+        (b'{"doc_id": "a", "version": 1, "metadata": {"x": NaN}}', "malformed_json"),
+        (b'{"doc_id": "a", "version": 1, "metadata": {"x": Infinity}}', "malformed_json"),
+        (b'{"doc_id": "a", "version": 1, "metadata": {"x": -Infinity}}', "malformed_json"),
+        (b'{"doc_id": "a", "version": 1, "metadata": {"x": 1e999}}', "malformed_json"),
+        (b'{"doc_id": "a", "version": 1, "metadata": {"x": 1, "x": 2}}', "malformed_json"),
         (b'{"doc_id": "a", "version": 1, "op": "insert"}', "bad_op"),
     ],
 )
@@ -419,6 +424,22 @@ def test_accepts_and_queues_durably(make_receiver: Make) -> None:
     host, port = receiver.address
     health = urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5)
     assert (health.status, json.loads(health.read())) == (200, {"status": "ok"})
+
+
+def test_deliveries_are_counted_by_status_for_prometheus(make_receiver: Make) -> None:
+    from tierflow.metrics import REGISTRY
+
+    def count(status: str) -> float:
+        return REGISTRY.get_sample_value("tierflow_webhook_requests_total", {"status": status}) or 0.0
+
+    receiver, _ = make_receiver()
+    before = {status: count(status) for status in ("202", "401")}
+    body = event_body("doc-m")
+    assert request(receiver, body, headers_for(body, "msg_counted"))[0] == 202
+    assert request(receiver, body, headers_for(body, "msg_forged_m", secret=OTHER_SECRET))[0] == 401
+    host, port = receiver.address
+    urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5).read()  # not a delivery: not counted
+    assert count("202") - before["202"] == 1 and count("401") - before["401"] == 1
 
 
 def test_bad_signature_is_401_with_dead_letter(make_receiver: Make) -> None:

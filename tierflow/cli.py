@@ -319,19 +319,14 @@ def cmd_webhook_serve(args: argparse.Namespace, _: list[str]) -> int:
     if not args.ingest:
         serve(config)
         return 0
-    import signal
-    import threading
-
     from connectors.local_queue import LocalQueue
     from connectors.webhooks import WebhookReceiver
     from pipelines.stream import MicroBatchStream, QueueSource
+    from tierflow.http import stop_on_signals
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     queue = LocalQueue(config.queue_dir)
     try:
-        with WebhookReceiver(config, sink=queue) as receiver:
+        with stop_on_signals() as stop, WebhookReceiver(config, sink=queue) as receiver:
             ingest = _config(args)
             print(
                 f"tierflow webhooks: listening on {receiver.url}/v1/events, indexing into {ingest.index_dir}",

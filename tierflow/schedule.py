@@ -228,10 +228,10 @@ class Scheduler:
 
 def serve(config: ScheduleConfig) -> None:
     """Run the scheduler in the foreground until SIGTERM or SIGINT."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    from tierflow.http import stop_on_signals
+
     scheduler = Scheduler(config)
     for name, at in scheduler.upcoming(1):
         print(f"schedule: {name} next at {at.isoformat()}", file=sys.stderr, flush=True)
-    scheduler.run(stop)
+    with stop_on_signals() as stop:
+        scheduler.run(stop)

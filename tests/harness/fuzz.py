@@ -300,7 +300,7 @@ class KafkaTarget(Target):
     name = "kafka"
     instrument = (
         "connectors.kafka_documents",
-        "connectors.jsonparse",
+        "tierflow.jsonparse",
         "tierflow.records",
         "tierflow.deadletter",
     )
@@ -404,7 +404,7 @@ class DebeziumTarget(Target):
     Payload: key length (2 bytes, big-endian), key, value."""
 
     name = "debezium"
-    instrument = ("connectors.debezium", "connectors.jsonparse", "tierflow.records", "tierflow.deadletter")
+    instrument = ("connectors.debezium", "tierflow.jsonparse", "tierflow.records", "tierflow.deadletter")
 
     def setup(self) -> None:
         from connectors import debezium
@@ -538,7 +538,7 @@ class Wal2jsonTarget(Target):
     name = "wal2json"
     instrument = (
         "connectors.postgres_cdc",
-        "connectors.jsonparse",
+        "tierflow.jsonparse",
         "tierflow.records",
         "tierflow.deadletter",
     )
@@ -764,7 +764,7 @@ class WebhookTarget(Target):
     a fresh receiver, after a valid one and before another."""
 
     name = "webhook"
-    instrument = ("connectors.webhooks", "connectors.jsonparse", "tierflow.records", "tierflow.deadletter")
+    instrument = ("connectors.webhooks", "tierflow.jsonparse", "tierflow.records", "tierflow.deadletter")
 
     def setup(self) -> None:
         from connectors import webhooks
@@ -1032,7 +1032,7 @@ class FilesTarget(Target):
     instrument = (
         "connectors.files",
         "connectors.objectstore",
-        "connectors.jsonparse",
+        "tierflow.jsonparse",
         "tierflow.records",
         "tierflow.deadletter",
     )
