@@ -214,6 +214,8 @@ def parse_search_request(body: bytes, max_k: int) -> SearchRequest:
     if not isinstance(query, str) or not query.strip():
         raise _invalid("query must be a non-empty string")
     k = data.get("k", min(DEFAULT_K, max_k))
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)  # JSON Schema's "integer" includes 85.0
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise _invalid(f"k must be an integer in [1, {max_k}], got {json.dumps(k)[:40]}")
     tiers = data.get("tiers")
@@ -455,12 +457,18 @@ class _Handler(JsonRequestHandler):
         )
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The base class's errors (bad request line, headers too long, ...) as JSON, like every other."""
+        """The base class's errors (bad request line, headers too long, ...) as JSON, like every other.
+
+        A method the server has no handler for (TRACE, PUT, ...) is 405 with ``Allow`` on a known path
+        (RFC 9110), 404 elsewhere.
+        """
         self.close_connection = True
-        error = "bad_request" if code == 400 else "method_not_allowed" if code == 501 else f"http_{code}"
-        status = 405 if code == 501 else code
+        if code == 501:
+            self._route_miss(urlsplit(getattr(self, "path", "")).path)
+            return
+        error = "bad_request" if code == 400 else f"http_{code}"
         detail = message or explain or self.responses.get(code, ("",))[0]
-        self.send_refusal(status, {"error": error, "detail": detail})
+        self.send_refusal(code, {"error": error, "detail": detail})
 
     # routes
 
@@ -645,18 +653,18 @@ def openapi(config: ServeConfig) -> dict[str, Any]:
                     "description": "Documents to return (each ranked by its best chunk).",
                 },
                 "tiers": {
-                    "type": "array",
+                    "type": ["array", "null"],
                     "items": {"type": "string", "enum": list(TIERS)},
                     "minItems": 1,
                     "uniqueItems": True,
-                    "description": "Search only these tiers (default: all).",
+                    "description": "Search only these tiers (default, or null: all).",
                 },
                 "filter": {
-                    "type": "object",
+                    "type": ["object", "null"],
                     "description": (
                         "Return only documents whose metadata has every key with an accepted value: the "
                         "value given, or any item of the list given. A list in a document's metadata "
-                        "matches when any of its items is accepted."
+                        "matches when any of its items is accepted. Absent or null: no filter."
                     ),
                     "propertyNames": {"minLength": 1},
                     "additionalProperties": {
