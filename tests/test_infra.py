@@ -807,7 +807,10 @@ def test_metrics_contract_is_what_tierflow_exports() -> None:
         exported[name] = (family.type, labels)
     contract = {name: (kind, labels) for name, (kind, labels, _) in METRICS.items()}
     assert {k: v for k, v in exported.items() if k not in NOT_CHARTED} == contract
-    assert metrics.STAGES == tuple(sorted(METRICS["tierflow_stage_documents_total"][2]["stage"], key=metrics.STAGES.index))
+    assert (
+        tuple(sorted(METRICS["tierflow_stage_documents_total"][2]["stage"], key=metrics.STAGES.index))
+        == metrics.STAGES
+    )
 
 
 def test_grafana_dashboard_uses_only_the_metrics_contract() -> None:
