@@ -16,6 +16,18 @@ Delivery guarantees:
   (``subscribe(start_offsets=next_offsets(manifest.sources))``), which are never behind the group's
   committed offsets.
 
+Broker outages (a restart, a failover, a network partition) are transient: librdkafka reconnects with
+backoff on its own. Each client logs the outage once when it starts (``brokers unreachable``) and once
+when it ends (``brokers reachable again after N s``), with a reminder every
+:data:`OUTAGE_REMINDER_S` in between, instead of a line per reconnect attempt. Records sent while the
+brokers are down stay in the producer's queue and are delivered when they return, for up to
+``message.timeout.ms`` (librdkafka's default: 300 s); :meth:`DocumentProducer.flush` raises
+:class:`KafkaUnavailable` while any is unacknowledged (and keeps them queued), and the ones that timed
+out are named in ``failed`` and can be re-queued with :meth:`DocumentProducer.retry_failed`. Nothing is
+reported delivered (``on_delivery``) that the brokers did not acknowledge. :meth:`DocumentConsumer.commit`
+raises :class:`KafkaUnavailable` after a few seconds without a coordinator; the stream
+(``pipelines.stream``) then keeps the offsets owed and commits them once the brokers are back.
+
 None of the clients is thread-safe: use one per thread.
 
 Example::
@@ -38,6 +50,7 @@ import json
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -80,12 +93,21 @@ __all__ = [
     "dead_letter_headers",
     "kafka_error",
     "next_offsets_of",
+    "Outage",
     "read_dead_letter",
     "redact",
 ]
 
 log = logging.getLogger(__name__)
 librdkafka_log = log.getChild("librdkafka")  # librdkafka's own log lines (connection failures and such)
+
+OUTAGE_REMINDER_S = 30.0
+"""While the brokers stay unreachable, each client logs a reminder with the outage's length this often."""
+
+# Errors that say the brokers cannot be reached (as opposed to one request failing). A plain _TRANSPORT
+# "Disconnected" (a broker reaping an idle connection) starts no outage; a failed connect does.
+_OUTAGE_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
+_CONNECT_FAILED = ("Connect to", "Connection refused", "Failed to resolve")
 
 TopicPartitionKey = tuple[str, int]
 """``(topic, partition)``: how offsets are keyed throughout this module."""
@@ -269,6 +291,13 @@ class KafkaConfig:
             and dead-lettered (``too_large``) by the consumer. The topic's ``max.message.bytes`` must
             allow it plus key and headers.
         client_id: ``client.id`` the brokers see.
+        unavailable_timeout_s: How long a stream (``tierflow stream``) keeps retrying, with backoff, while
+            the brokers are unreachable before it stops with a clear error (exit status 2). The default,
+            None, keeps waiting however long the outage lasts, logging a warning with its length every
+            :data:`OUTAGE_REMINDER_S`: a broker restart or failover is routine, and a restarted stream
+            would only wait the same way. Set it where a supervisor should see the outage as a failed
+            process (and restart or alert). Either way nothing is lost or acknowledged early: the index
+            commit holds the positions, and offsets are committed after it once the brokers are back.
 
     Raises:
         ConfigError: A missing bootstrap address, a bad topic name, an unknown security property, a
@@ -288,6 +317,7 @@ class KafkaConfig:
     producer_properties: dict[str, Any] = field(default_factory=dict)
     max_message_bytes: int = DEFAULT_MAX_BYTES
     client_id: str = "tierflow"
+    unavailable_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers.strip():
@@ -335,6 +365,14 @@ class KafkaConfig:
             raise ConfigError(
                 f"kafka.max_message_bytes must be a positive integer, got {self.max_message_bytes!r}"
             )
+        budget = self.unavailable_timeout_s
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int | float) or not budget >= 0
+        ):
+            raise ConfigError(
+                f"kafka.unavailable_timeout_s must be a number of seconds >= 0 (or unset to wait for "
+                f"the brokers however long), got {budget!r}"
+            )
 
     def __repr__(self) -> str:
         return (
@@ -342,7 +380,8 @@ class KafkaConfig:
             f"group_id={self.group_id!r}, dead_letter_topic={self.dead_letter_topic!r}, "
             f"security={redact(self.security)!r}, consumer_properties={redact(self.consumer_properties)!r}, "
             f"producer_properties={redact(self.producer_properties)!r}, "
-            f"max_message_bytes={self.max_message_bytes!r}, client_id={self.client_id!r})"
+            f"max_message_bytes={self.max_message_bytes!r}, client_id={self.client_id!r}, "
+            f"unavailable_timeout_s={self.unavailable_timeout_s!r})"
         )
 
     __str__ = __repr__
@@ -380,36 +419,166 @@ class KafkaConfig:
         return self._common()
 
 
-def _error_cb(what: str, fatal: list[KafkaError]) -> Callable[[KafkaError], None]:
+class Outage:
+    """When a client lost its brokers, logged once at the start, at most every :data:`OUTAGE_REMINDER_S`
+    while it lasts, and once at the end (with its length).
+
+    Args:
+        what: The client, for the log lines (``"consumer group-1"``).
+        clock: Seconds, monotonic (tests pass a fake one).
+
+    ``logger`` is this module's logger; the owner of a client may point it at its own (the stream does,
+    so that its log tells the outage with everything else it does).
+    """
+
+    def __init__(self, what: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.clock = clock
+        self.logger = log
+        self.since: float | None = None
+        self.last_error = ""
+        self.suppressed = 0
+        self._reminded = 0.0
+        self.outages = 0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def seconds(self) -> float:
+        """How long the brokers have been unreachable (0 when they are not)."""
+        return 0.0 if self.since is None else self.clock() - self.since
+
+    def lost(self, err: KafkaError | str) -> None:
+        """The brokers could not be reached: start the outage, or remind of it now and then."""
+        text = err if isinstance(err, str) else f"{err.str()} ({err.name()})"
+        self.last_error = text
+        now = self.clock()
+        if self.since is None:
+            self.since = self._reminded = now
+            self.outages += 1
+            self.logger.warning(
+                "kafka %s: brokers unreachable: %s; librdkafka keeps reconnecting with backoff",
+                self.what,
+                text,
+            )
+        elif now - self._reminded >= OUTAGE_REMINDER_S:
+            self._reminded = now
+            self.logger.warning(
+                "kafka %s: brokers still unreachable after %.0f s (%d similar errors since): %s",
+                self.what,
+                now - self.since,
+                self.suppressed,
+                text,
+            )
+            self.suppressed = 0
+        else:
+            self.suppressed += 1
+            self.logger.debug("kafka %s: %s", self.what, text)
+
+    def recovered(self) -> None:
+        """The brokers answered: end the outage (logged with its length)."""
+        if self.since is None:
+            return
+        self.logger.warning(
+            "kafka %s: brokers reachable again after %.1f s", self.what, self.clock() - self.since
+        )
+        self.since = None
+        self.suppressed = 0
+
+
+def _error_cb(
+    what: str, fatal: list[KafkaError], outage: Outage | None = None
+) -> Callable[[KafkaError], None]:
     def report(err: KafkaError) -> None:
         if err.fatal():
             fatal.append(err)
             log.error("kafka %s: fatal error: %s", what, err.str())
+        elif (
+            outage is not None
+            and err.code() in _OUTAGE_CODES
+            and (
+                outage.down
+                or err.code() == KafkaError._ALL_BROKERS_DOWN
+                or any(text in err.str() for text in _CONNECT_FAILED)
+            )
+        ):
+            outage.lost(err)
         else:
             log.warning("kafka %s: %s (%s)", what, err.str(), err.name())
 
     return report
 
 
+class _QuietReconnects(logging.Filter):
+    """Drops librdkafka's repeats of one connection failure (a line per reconnect attempt while a broker is
+    down): a line passes when its text, numbers aside, was not logged in the last
+    :data:`OUTAGE_REMINDER_S`. The clients' own :class:`Outage` lines say when an outage starts and ends."""
+
+    _numbers = re.compile(r"\d+")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        text = self._numbers.sub("#", record.getMessage())
+        now = time.monotonic()
+        last = self._seen.get(text)
+        if last is not None and now - last < OUTAGE_REMINDER_S:
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[text] = now
+        return True
+
+
+librdkafka_log.addFilter(_QuietReconnects())
+
+
 # --- producers ------------------------------------------------------------------------------------
 
 
+_Send = tuple[str, bytes | None, bytes | None, list[tuple[str, str | bytes | None]], str]
+
+
 class _Producer:
-    """Shared delivery bookkeeping: produce asynchronously, raise every failure at :meth:`flush`."""
+    """Shared delivery bookkeeping: produce asynchronously, raise every failure at :meth:`flush`, keep the
+    failed records so that :meth:`retry_failed` can queue them again."""
 
     _what = "producer"
 
-    def __init__(self, config: KafkaConfig, producer: Any = None) -> None:
+    def __init__(
+        self,
+        config: KafkaConfig,
+        producer: Any = None,
+        on_delivery: Callable[[str, KafkaError | None], None] | None = None,
+    ) -> None:
         self.config = config
         self._fatal: list[KafkaError] = []
         self._failures: list[tuple[str, KafkaError]] = []
+        self._failed: list[_Send] = []
+        self._on_delivery = on_delivery
+        self.outage = Outage(self._what)
+        self.delivered = 0
         self._producer = producer or Producer(
-            config.producer_settings(), logger=librdkafka_log, error_cb=_error_cb(self._what, self._fatal)
+            config.producer_settings(),
+            logger=librdkafka_log,
+            error_cb=_error_cb(self._what, self._fatal, self.outage),
         )
 
-    def _delivered(self, label: str, err: KafkaError | None, msg: Message) -> None:
+    def _delivered(self, send: _Send, err: KafkaError | None, msg: Message) -> None:
+        label = send[-1]
         if err is not None:
             self._failures.append((label, err))
+            self._failed.append(send)
+        else:
+            self.delivered += 1
+            self.outage.recovered()
+        if self._on_delivery is not None:
+            self._on_delivery(label, err)
 
     def _produce(
         self,
@@ -425,7 +594,11 @@ class _Producer:
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=partial(self._delivered, label)
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=partial(self._delivered, (topic, key, value, headers, label)),
                 )
                 break
             except BufferError:
@@ -447,14 +620,36 @@ class _Producer:
         if self._fatal:
             raise kafka_error(self._fatal[0], f"the {self._what} (it must be recreated)")
 
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Serve delivery reports (``on_delivery``) without waiting for every record, as :meth:`flush` does."""
+        self._producer.poll(timeout_s)
+
+    def pending(self) -> int:
+        """Records sent and not yet acknowledged or failed (still in the local queue or in flight)."""
+        return len(self._producer)
+
+    def retry_failed(self) -> int:
+        """Queue again the records whose delivery failed (reported by the last :meth:`flush`); returns how
+        many. A record that timed out may have reached the broker after all, so a retry may write it twice
+        (idempotence covers retries within one delivery, not a new send). Call it after :meth:`flush`
+        raised: failures not yet reported by a flush are still reported by the next one."""
+        failed, self._failed = self._failed, []
+        for topic, key, value, headers, label in failed:
+            self._produce(topic, key, value, headers, label)
+        return len(failed)
+
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every record sent so far is acknowledged by the brokers.
+
+        Records still unacknowledged when ``timeout_s`` passes stay queued: librdkafka keeps delivering
+        them (for up to ``message.timeout.ms`` after they were sent) and a later flush confirms them.
 
         Raises:
             KafkaRejected: Some record failed for good (too large, not authorised, unknown topic...).
             KafkaUnavailable: Some record failed transiently (timed out, brokers down), or records are
                 still unacknowledged after ``timeout_s`` (they may still be delivered later).
-            Both carry the failed labels (document ids) in ``failed``.
+            Both carry the failed labels (document ids) in ``failed``; :meth:`retry_failed` queues those
+            records again.
         """
         remaining = self._producer.flush(timeout_s)
         failures, self._failures = self._failures, []
@@ -472,8 +667,14 @@ class _Producer:
                 [label for label, _ in failures],
             )
         if remaining:
+            down = (
+                f"; brokers unreachable for {self.outage.seconds():.0f}s ({self.outage.last_error})"
+                if self.outage.down
+                else "; brokers slow or down"
+            )
             raise KafkaUnavailable(
-                f"{remaining} record(s) were still unacknowledged after {timeout_s}s; brokers slow or down",
+                f"{remaining} record(s) were still unacknowledged after {timeout_s}s{down}; they stay "
+                "queued and are delivered when the brokers answer (flush again to confirm)",
                 KafkaError._TIMED_OUT,
                 "_TIMED_OUT",
             )
@@ -504,6 +705,8 @@ class DocumentProducer(_Producer):
         config: Brokers and security; ``topics[0]`` is the default topic.
         topic: The topic to write to, instead of ``config.topics[0]``.
         producer: An existing ``confluent_kafka.Producer`` (tests); built from ``config`` otherwise.
+        on_delivery: Called with ``(doc_id, None)`` for each record the brokers acknowledged, and with
+            ``(doc_id, KafkaError)`` for each that failed (from :meth:`flush` or :meth:`send`).
 
     Raises:
         ConfigError: No topic given and none configured.
@@ -517,14 +720,21 @@ class DocumentProducer(_Producer):
 
     _what = "document producer"
 
-    def __init__(self, config: KafkaConfig, topic: str | None = None, *, producer: Any = None) -> None:
+    def __init__(
+        self,
+        config: KafkaConfig,
+        topic: str | None = None,
+        *,
+        producer: Any = None,
+        on_delivery: Callable[[str, KafkaError | None], None] | None = None,
+    ) -> None:
         if topic is None:
             if not config.topics:
                 raise ConfigError("DocumentProducer needs a topic: pass topic= or set kafka.topics")
             topic = config.topics[0]
         _check_topic(topic, "topic")
         self.topic = topic
-        super().__init__(config, producer)
+        super().__init__(config, producer, on_delivery)
 
     def send(
         self,
@@ -733,6 +943,16 @@ def _as_bytes(value: str | bytes | None) -> bytes | None:
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
+@dataclass
+class _CommitResult:
+    """The answer to one asynchronous commit (``on_commit``)."""
+
+    offsets: frozenset[tuple[str, int, int]]
+    done: bool = False
+    error: KafkaError | None = None
+    partitions: list[TopicPartition] = field(default_factory=list)
+
+
 def next_offsets_of(records: Iterable[KafkaRecord]) -> dict[TopicPartitionKey, int]:
     """The offsets to commit once ``records`` are done: per partition, the highest offset plus one."""
     offsets: dict[TopicPartitionKey, int] = {}
@@ -778,9 +998,16 @@ class DocumentConsumer:
         self.config = config
         self._fatal: list[KafkaError] = []
         settings = config.consumer_settings()
+        self.outage = Outage(f"consumer {config.group_id}")
+        # Commit results arrive through on_commit (served by poll), so that a commit can be bounded in
+        # time: a synchronous commit in flight when the coordinator dies waits for the whole outage.
+        self._commits: deque[_CommitResult] = deque()
         self._consumer = consumer or Consumer(
-            settings, logger=librdkafka_log, error_cb=_error_cb("consumer", self._fatal)
+            {**settings, "on_commit": self._on_commit},
+            logger=librdkafka_log,
+            error_cb=_error_cb("consumer", self._fatal, self.outage),
         )
+        self._async_commits = consumer is None
         self._buffer: list[KafkaRecord] = []
         self._pending: dict[TopicPartitionKey, int] = {}
         self._assigned: set[TopicPartitionKey] = set()
@@ -879,6 +1106,7 @@ class DocumentConsumer:
         self._assigned = {(tp.topic, tp.partition) for tp in partitions}
         self._got_assignment = True
         self._awaiting = False
+        self.outage.recovered()
         log.info("kafka consumer %s: assigned %s", self.config.group_id, sorted(self._assigned))
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -894,6 +1122,34 @@ class DocumentConsumer:
     def assignment(self) -> set[TopicPartitionKey]:
         """The partitions this consumer holds now."""
         return set(self._assigned)
+
+    def resume_at(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        """Where to start these partitions when the group next assigns them to this consumer (after a
+        rebalance, e.g. the one a broker restart causes): next offsets whose records are already safe (in
+        the index), which may be ahead of the group's committed offsets when a commit failed. Without it
+        a re-assigned partition restarts at the committed offset, and re-reads records (harmlessly, as
+        replays, but at a cost)."""
+        _check_offsets(offsets, "resume_at")
+        self._pending.update(offsets)
+
+    # -- broker outages ----------------------------------------------------------------------------
+
+    def unavailable_for(self) -> float:
+        """Seconds since the brokers became unreachable (0 while they are reachable, as far as known)."""
+        return self.outage.seconds()
+
+    def reachable(self, timeout_s: float = 1.0) -> bool:
+        """Ask the brokers for metadata (waiting up to ``timeout_s``): True, and the outage ends, when one
+        answers."""
+        try:
+            metadata = self._consumer.list_topics(timeout=timeout_s)
+        except KafkaException as err:
+            self.outage.lost(f"metadata request failed: {err.args[0].str() if err.args else err}")
+            return False
+        if not metadata.brokers:
+            return False
+        self.outage.recovered()
+        return True
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -921,6 +1177,8 @@ class DocumentConsumer:
             if message is None:
                 break
             out += self._take([message], raise_errors=True)
+            if out:
+                self.outage.recovered()
             if out and len(out) < max_records:
                 out += self._take(self._consumer.consume(max_records - len(out), 0), raise_errors=False)
         for record in out:
@@ -985,24 +1243,73 @@ class DocumentConsumer:
                 raise kafka_error(err, f"seeking {tp.topic}/{tp.partition} to {tp.offset}") from None
             self._returned[key] = tp.offset
 
-    def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
-        """Commit next offsets synchronously: returns only once the group coordinator stored them.
+    def commit(self, offsets: Mapping[TopicPartitionKey, int], timeout_s: float = 30.0) -> None:
+        """Commit next offsets: returns only once the group coordinator stored them.
+
+        Waits at most ``timeout_s`` for the coordinator's answer (records that arrive meanwhile are kept
+        for :meth:`poll_batch`). A commit that was in flight when the coordinator died would otherwise
+        wait for the whole outage; one that times out may still be stored later, which is harmless: the
+        offsets are ones the caller had finished with.
 
         Raises:
-            KafkaUnavailable: The coordinator was unreachable or the group rebalanced (the records will
-                be re-delivered to whoever owns the partitions now; nothing is lost).
+            KafkaUnavailable: The coordinator was unreachable, did not answer in ``timeout_s``, or the
+                group rebalanced (the records will be re-delivered to whoever owns the partitions now;
+                nothing is lost).
             KafkaRejected: The commit was refused for good (authorisation, bad offsets).
         """
         partitions = _check_offsets(offsets, "commit")
         if not partitions:
             return
+        doing = f"committing offsets {dict(offsets)}"
+        if not self._async_commits:
+            try:
+                result = self._consumer.commit(offsets=partitions, asynchronous=False)
+            except KafkaException as err:
+                raise kafka_error(err, doing) from None
+            self._check_commit(None, result or [])
+            return
+        pending = _CommitResult(frozenset((tp.topic, tp.partition, tp.offset) for tp in partitions))
+        self._commits.append(pending)
         try:
-            result = self._consumer.commit(offsets=partitions, asynchronous=False)
+            self._consumer.commit(offsets=partitions, asynchronous=True)
         except KafkaException as err:
-            raise kafka_error(err, f"committing offsets {dict(offsets)}") from None
-        for tp in result or ():
+            self._commits.remove(pending)
+            raise kafka_error(err, doing) from None
+        deadline = time.monotonic() + timeout_s
+        while not pending.done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KafkaUnavailable(
+                    f"{doing}: no answer from the group coordinator in {timeout_s:g}s (brokers down?); "
+                    "the offsets are committed with a later commit",
+                    KafkaError._TIMED_OUT,
+                    "_TIMED_OUT",
+                )
+            message = self._consumer.poll(min(0.1, left))
+            if message is not None:
+                self._buffer += self._take([message], raise_errors=False)
+            self._raise_fatal()
+        self._check_commit(pending.error, pending.partitions)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if not self._commits:
+            return  # one librdkafka made itself
+        # Answers come in order; match by offsets all the same, so that a commit that never answers
+        # (given up on) cannot shift the answers of later ones.
+        answered = frozenset((tp.topic, tp.partition, tp.offset) for tp in partitions or ())
+        pending = next((c for c in self._commits if c.offsets == answered), self._commits[0])
+        self._commits.remove(pending)
+        pending.error, pending.partitions, pending.done = err, list(partitions or ()), True
+
+    def _check_commit(self, err: KafkaError | None, partitions: Sequence[TopicPartition]) -> None:
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            raise kafka_error(
+                err, f"committing offsets {[(tp.topic, tp.partition, tp.offset) for tp in partitions]}"
+            )
+        for tp in partitions:
             if tp.error is not None:
                 raise kafka_error(tp.error, f"committing offset {tp.offset} of {tp.topic}/{tp.partition}")
+        self.outage.recovered()
 
     def committed(
         self, partitions: Iterable[TopicPartitionKey] | None = None, timeout_s: float = 10.0
@@ -1030,11 +1337,12 @@ class DocumentConsumer:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Leave the group (commits nothing). During a rebalance it first waits, up to ``timeout_s``, for
-        the new assignment, since leaving a group that is still forming can strand it."""
+        the new assignment, since leaving a group that is still forming can strand it (not while the
+        brokers are unreachable: there is no group to strand then)."""
         if self._closed:
             return
         try:
-            if self._awaiting and not self._fatal:
+            if self._awaiting and not self._fatal and not self.outage.down:
                 self._got_assignment = False
                 self._wait_for_assignment(timeout_s)
         finally:

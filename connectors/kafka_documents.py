@@ -405,7 +405,7 @@ def _parse_object(value: bytes) -> dict[str, Any] | tuple[str, str]:
     try:
         record = jsonparse.loads(value)
     except jsonparse.JsonRejected as err:
-        return err.reason, err.detail
+        return err.reason, (f"the value: {err.detail}" if err.reason == "not_utf8" else err.detail)
     if not isinstance(record, dict):
         return "not_an_object", f"the value is a JSON {json_type(record)}; expected an object"
     return record

@@ -7,22 +7,35 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from indexing import audit
 from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState, read_docs, write_docs
-from indexing.durable import exclusive_lock, fsync_dir, fsync_file
+from indexing.durable import (
+    disk_full_error,
+    exclusive_lock,
+    fsync_dir,
+    fsync_file,
+    is_disk_full,
+    write_npy_durably,
+)
 from indexing.faiss_index import IndexSpec, index_vectors, search_index
-from indexing.manifest import MMAP, LiveSegment, Manifest, ManifestStore
+from indexing.manifest import CURRENT, MMAP, LiveSegment, Manifest, ManifestStore
 from indexing.segment import SegmentInfo, SegmentReader, write_segment
-from tierflow.errors import IncompatibleIndex, IndexCorrupt
+from tierflow.errors import DiskFull, IncompatibleIndex, IndexCorrupt
 from tierflow.records import chunk_id, vector_id
+
+LOG = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 50
 HOT, WARM, COLD = "hot", "warm", "cold"
@@ -124,6 +137,8 @@ class HotIndex:
         self._tombstones: dict[str, np.ndarray] = {}
         self._docs_cache: tuple[str | None, dict[str, DocState]] | None = None
         self._cached_generation = -1  # the generation the reader caches were last pruned for
+        self._writing: int | None = None  # the generation a write under the lock is building
+        self._new_segments: list[Path] = []  # segment directories it wrote (compaction)
 
     # ---- reading -------------------------------------------------------------------------------
     @property
@@ -147,7 +162,13 @@ class HotIndex:
         """The document table of ``manifest`` (default: current), cached per generation."""
         manifest = manifest or self.manifest()
         if self._docs_cache is None or self._docs_cache[0] != manifest.docs_file:
-            docs = read_docs(self.root / manifest.docs_file) if manifest.docs_file else {}
+            docs: dict[str, DocState] = {}
+            if manifest.docs_file:
+                path = self.store.verified(manifest.docs_file, manifest.docs_sha256, "document table")
+                try:
+                    docs = read_docs(path)
+                except (pa.ArrowException, OSError, ValueError, KeyError) as err:
+                    raise IndexCorrupt(f"document table {path} cannot be read: {err}") from err
             self._docs_cache = (manifest.docs_file, docs)
         return self._docs_cache[1]
 
@@ -166,7 +187,11 @@ class HotIndex:
             return np.zeros(0, dtype=np.int64)
         found = self._tombstones.get(segment.tombstones)
         if found is None:
-            found = np.load(self.root / segment.tombstones)
+            path = self.store.verified(segment.tombstones, segment.tombstones_sha256, "tombstones")
+            try:
+                found = np.load(path)
+            except (OSError, ValueError) as err:
+                raise IndexCorrupt(f"tombstones {path} cannot be read: {err}") from err
             self._tombstones[segment.tombstones] = found
         return found
 
@@ -219,8 +244,53 @@ class HotIndex:
         return None
 
     # ---- writing -------------------------------------------------------------------------------
-    def _lock(self) -> Any:
-        return exclusive_lock(self.root / "LOCK")
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """The writer lock. A write under it that fails (a full disk is :class:`DiskFull`) leaves nothing
+        of the generation it was building: its document table, tombstones and new segments are removed,
+        unless the manifest of that generation became current after all."""
+        with exclusive_lock(self.root / "LOCK"):
+            self._writing, self._new_segments = None, []
+            try:
+                yield
+            except BaseException as err:
+                self._discard_failed_generation()
+                if is_disk_full(err) and not isinstance(err, DiskFull):
+                    raise disk_full_error(err, self.root, f"writing generation {self._writing}") from err
+                raise
+            finally:
+                self._writing, self._new_segments = None, []
+
+    def _discard_failed_generation(self) -> None:
+        generation = self._writing
+        if generation is None:
+            return
+        pointer = self.root / CURRENT
+        try:
+            if pointer.exists() and pointer.read_bytes().strip() == self.store.file_name(generation).encode():
+                return  # it was published: its files are the index now
+            (self.root / "docs" / f"docs-{generation:09d}.parquet").unlink(missing_ok=True)
+            folder = self.root / "tombstones"
+            if folder.exists():
+                for path in folder.glob(f"*-{generation:09d}.npy"):
+                    path.unlink(missing_ok=True)
+            for seg_dir in self._new_segments:
+                shutil.rmtree(seg_dir, ignore_errors=True)
+        except OSError as err:  # what is left is unreferenced: gc removes it
+            LOG.warning("could not remove the files of failed generation %s: %s", generation, err)
+
+    def _audit(self, action: str, entry: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """Append the audit line of a published change; a failure to (a full disk) is logged, not raised:
+        the change is committed, and the next append recovers the line from the manifest history."""
+        try:
+            audit.append(self.root, action, entry, history)
+        except OSError as err:
+            LOG.warning(
+                "audit line of %s generation %s not written (%s); the next change's line recovers it",
+                action,
+                entry.get("generation"),
+                err,
+            )
 
     def commit(self, request: CommitRequest) -> CommitResult:
         """Publish ``request`` atomically: new vectors become visible in the same manifest that hides
@@ -282,8 +352,7 @@ class HotIndex:
                 cold=base.cold,
             )
             self.store.publish(manifest)
-            audit.append(
-                self.root,
+            self._audit(
                 "commit",
                 {
                     **summary,
@@ -297,7 +366,8 @@ class HotIndex:
     def _next_generation(self, base: Manifest) -> int:
         """One past every generation on disk: after a rollback, new commits never reuse the numbers (and
         file names) of the snapshots that were rolled back from."""
-        return max([base.generation, *self.store.generations()]) + 1
+        self._writing = max([base.generation, *self.store.generations()]) + 1
+        return self._writing
 
     def _with_tombstones(self, seg: LiveSegment, new: set[int], generation: int) -> LiveSegment:
         if not new:
@@ -306,10 +376,9 @@ class HotIndex:
         name = f"tombstones/{seg.info.segment_id}-{generation:09d}.npy"
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, ids.astype(np.int64))
-        fsync_file(path)
+        write_npy_durably(path, ids.astype(np.int64))  # np.save would report a full disk as a short write
         fsync_dir(path.parent)
-        return LiveSegment(seg.info, name, int(len(ids)))
+        return LiveSegment(seg.info, name, int(len(ids)), storage=seg.storage)  # a warm segment stays warm
 
     def _write_docs(self, docs: dict[str, DocState], generation: int) -> str:
         name = f"docs/docs-{generation:09d}.parquet"
@@ -391,7 +460,7 @@ class HotIndex:
             )
             self.store.publish(manifest)
             added = [info.segment_id for info, _ in request.segments]
-            audit.append(self.root, "retier", {**summary, "segments": {"added": added}}, base.history)
+            self._audit("retier", {**summary, "segments": {"added": added}}, base.history)
             return RetierResult(generation, applied, skipped)
 
     def compact(self, spec: IndexSpec | None = None) -> Manifest:
@@ -408,6 +477,7 @@ class HotIndex:
             moved: dict[str, str] = {}
             for storage, group in groups.items():
                 info = self._merge(group, spec)
+                self._new_segments.append(self.segments_dir / info.segment_id)
                 moved.update((live.info.segment_id, info.segment_id) for live in group)
                 if info.n_vectors:
                     merged.append(LiveSegment(info, storage=storage))
@@ -440,14 +510,16 @@ class HotIndex:
                 "added": [seg.info.segment_id for seg in merged],
                 "removed": [seg.info.segment_id for seg in base.segments],
             }
-            audit.append(self.root, "compact", {**manifest.history[-1], "segments": segments}, base.history)
+            self._audit("compact", {**manifest.history[-1], "segments": segments}, base.history)
             self._docs_cache = None
             return manifest
 
     def _merge(self, group: list[LiveSegment], spec: IndexSpec | None) -> SegmentInfo:
         all_vectors, all_rows = [], []
         for live in group:
-            reader = self.reader(live)
+            # A fresh reader checks the files now and reads them into memory: a cached (memory-mapped)
+            # one would copy whatever is on disk, and the merged segment would get a fresh checksum.
+            reader = SegmentReader(self.segments_dir / live.info.segment_id, live.info)
             ids, vectors = index_vectors(reader.index)
             keep = ~np.isin(ids, self.tombstones(live))
             all_vectors.append(vectors[keep])
@@ -499,7 +571,7 @@ class HotIndex:
                     "removed": sorted(str(path.relative_to(self.root)) for path in removed),
                     "kept_generations": kept,
                 }
-                audit.append(self.root, "gc", entry, [])
+                self._audit("gc", entry, [])
             return removed
 
 

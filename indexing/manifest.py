@@ -1,23 +1,40 @@
 """The hot tier's manifest: the one file that says which segments, tombstones and document table are live.
 
 A commit writes a new numbered manifest (fsync) and then swaps the ``CURRENT`` pointer to it with an
-atomic rename (fsync of file and directory). Older manifests are snapshots: ``switch`` rolls back.
+atomic rename (fsync of file and directory). Older manifests are snapshots: ``switch`` rolls back. A
+publish that fails (a full disk) leaves the previous generation current and no new numbered manifest.
+
+Everything the manifest names is checksummed: segment files (in their :class:`SegmentInfo`), the
+document table (``docs_sha256``), tombstone arrays (``tombstones_sha256``), and the manifest itself
+(``checksum``, over its other fields). A file that fails its checksum is refused with
+:class:`~tierflow.errors.IndexCorrupt`, whose message says how to recover (:func:`recovery_advice`).
+
+Recovery from the command line (``--index`` is the hot-tier directory)::
+
+    python -m indexing.manifest verify --index DIR        # check every file of the current generation
+    python -m indexing.manifest generations --index DIR   # the kept generations, and which ones verify
+    python -m indexing.manifest switch --index DIR N      # roll back to generation N (after verifying it)
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
+import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexing.durable import atomic_write_bytes
-from indexing.segment import SegmentInfo
+from indexing.durable import atomic_write_bytes, disk_guard, exclusive_lock, sha256_file
+from indexing.segment import CHUNKS_FILE, INDEX_FILE, SegmentInfo
 from tierflow.errors import IndexCorrupt
 
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
+_POINTER = re.compile(r"manifest-\d{9}\.json")
 
 
 MEMORY = "memory"  # hot: the segment is read into RAM (and onto the GPU when there is one)
@@ -34,6 +51,7 @@ class LiveSegment:
     tombstones: str | None = None
     n_deleted: int = 0
     storage: str = MEMORY
+    tombstones_sha256: str | None = None
 
     @property
     def tier(self) -> str:
@@ -44,12 +62,15 @@ class LiveSegment:
         return self.info.n_vectors - self.n_deleted
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "info": self.info.to_dict(),
             "tombstones": self.tombstones,
             "n_deleted": self.n_deleted,
             "storage": self.storage,
         }
+        if self.tombstones_sha256:
+            out["tombstones_sha256"] = self.tombstones_sha256
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LiveSegment:
@@ -58,6 +79,7 @@ class LiveSegment:
             data.get("tombstones"),
             data.get("n_deleted", 0),
             data.get("storage", MEMORY),
+            data.get("tombstones_sha256"),
         )
 
 
@@ -86,6 +108,7 @@ class Manifest:
     history: list[dict[str, Any]] = field(default_factory=list)
     cold: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
+    docs_sha256: str | None = None
 
     @property
     def n_vectors(self) -> int:
@@ -103,12 +126,19 @@ class Manifest:
             "sources": self.sources,
             "history": self.history,
             "cold": self.cold,
+            **({"docs_sha256": self.docs_sha256} if self.docs_sha256 else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format_version") != FORMAT_VERSION:
             raise IndexCorrupt(f"manifest format {data.get('format_version')!r} is not {FORMAT_VERSION}")
+        expected = data.get("checksum")
+        if expected is not None and expected != _checksum(data):
+            raise IndexCorrupt(
+                f"manifest of generation {data.get('generation')!r} failed its checksum (expected "
+                f"{str(expected)[:12]}…): it was changed or damaged after it was written"
+            )
         return cls(
             generation=data["generation"],
             segments=[LiveSegment.from_dict(seg) for seg in data["segments"]],
@@ -119,7 +149,14 @@ class Manifest:
             history=data.get("history", []),
             cold=data.get("cold", {}),
             created_at=data.get("created_at", 0.0),
+            docs_sha256=data.get("docs_sha256"),
         )
+
+
+def _checksum(data: dict[str, Any]) -> str:
+    """SHA-256 of a manifest's fields other than ``checksum``, in canonical JSON."""
+    body = {key: value for key, value in data.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class ManifestStore:
@@ -138,16 +175,56 @@ class ManifestStore:
         pointer = self.root / CURRENT
         if not pointer.exists():
             return Manifest()
-        return self.load(pointer.read_text().strip())
+        name = pointer.read_bytes().decode("utf-8", "replace").strip()
+        if not _POINTER.fullmatch(name):
+            raise IndexCorrupt(
+                f"{pointer} holds {name[:60]!r}, not a manifest name: it is damaged. {_rollback_advice(self)}"
+            )
+        return self.load(name)
 
     def load(self, name: str) -> Manifest:
+        """The manifest ``manifests/name``.
+
+        Raises:
+            IndexCorrupt: It is missing, not a manifest, or fails its checksum (with how to recover).
+        """
+        try:
+            return self._load(name)
+        except IndexCorrupt as err:
+            if not (self.dir / name).exists():
+                raise
+            raise IndexCorrupt(f"{err}. {_rollback_advice(self, manifest=name)}") from err
+
+    def _load(self, name: str) -> Manifest:
         path = self.dir / name
         try:
-            return Manifest.from_dict(json.loads(path.read_text()))
+            return Manifest.from_dict(json.loads(path.read_bytes()))
         except FileNotFoundError as err:
             raise IndexCorrupt(f"manifest {path} named by {self.root / CURRENT} is missing") from err
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except IndexCorrupt as err:
+            raise IndexCorrupt(f"manifest {path}: {err}") from err
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise IndexCorrupt(f"manifest {path} is not a valid manifest: {err}") from err
+
+    def verified(self, name: str, expected: str | None, what: str) -> Path:
+        """``root/name`` after checking it against ``expected`` (a file the manifest names with its
+        SHA-256; files of manifests written before checksums were recorded are not checked).
+
+        Raises:
+            IndexCorrupt: The file is missing or fails its checksum (the message says how to recover).
+        """
+        path = self.root / name
+        if not path.exists():
+            raise IndexCorrupt(f"{what} {path} is missing. {_rollback_advice(self, file=name)}")
+        if expected is not None:
+            actual = sha256_file(path)
+            if actual != expected:
+                raise IndexCorrupt(
+                    f"{what} {path} failed its checksum (sha256 {actual[:12]}…, the manifest expects "
+                    f"{expected[:12]}…): it is corrupt or truncated, and refused. "
+                    f"{_rollback_advice(self, file=name)}"
+                )
+        return path
 
     def generations(self) -> list[int]:
         if not self.dir.exists():
@@ -155,14 +232,189 @@ class ManifestStore:
         return sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("manifest-*.json"))
 
     def publish(self, manifest: Manifest) -> None:
-        """Durably write ``manifest`` and make it current: the commit point of every change."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Durably write ``manifest`` and make it current: the commit point of every change.
+
+        Records the checksums of the document table and of new tombstone files (and of the manifest
+        itself). If it fails (a full disk: :class:`~tierflow.errors.DiskFull`), the previous generation
+        stays current and the new numbered manifest is removed, so nothing ever names a generation that
+        was not committed.
+        """
+        with disk_guard(self.root, f"publishing generation {manifest.generation}"):
+            self.dir.mkdir(parents=True, exist_ok=True)
+        if manifest.docs_file and not manifest.docs_sha256:
+            manifest.docs_sha256 = sha256_file(self.root / manifest.docs_file)
+        for live in manifest.segments:
+            if live.tombstones and not live.tombstones_sha256:
+                live.tombstones_sha256 = sha256_file(self.root / live.tombstones)
         name = self.file_name(manifest.generation)
-        atomic_write_bytes(self.dir / name, json.dumps(manifest.to_dict(), indent=1).encode())
-        atomic_write_bytes(self.root / CURRENT, name.encode())
+        data = manifest.to_dict()
+        data["checksum"] = _checksum(data)
+        atomic_write_bytes(self.dir / name, json.dumps(data, indent=1).encode())
+        try:
+            atomic_write_bytes(self.root / CURRENT, name.encode())
+        except BaseException:
+            pointer = self.root / CURRENT
+            if not (pointer.exists() and pointer.read_bytes().strip() == name.encode()):
+                (self.dir / name).unlink(missing_ok=True)  # never current: not a generation
+            raise
 
     def switch(self, generation: int) -> Manifest:
         """Make an older (kept) manifest current again: a rollback."""
         manifest = self.load(self.file_name(generation))
         atomic_write_bytes(self.root / CURRENT, self.file_name(generation).encode())
         return manifest
+
+
+# --- verification and recovery ------------------------------------------------------------------------
+
+
+def verify(root: Path, manifest: Manifest, segments: bool = True) -> list[str]:
+    """Every problem with the files ``manifest`` names under ``root`` (empty: all present and matching
+    their checksums): the document table, tombstone arrays and (with ``segments``) segment files."""
+    store = ManifestStore(Path(root))
+    problems: list[str] = []
+    if manifest.docs_file:
+        try:
+            store.verified(manifest.docs_file, manifest.docs_sha256, "document table")
+        except IndexCorrupt as err:
+            problems.append(str(err).split(". ", 1)[0])
+    for live in manifest.segments:
+        if live.tombstones:
+            try:
+                store.verified(live.tombstones, live.tombstones_sha256, "tombstones")
+            except IndexCorrupt as err:
+                problems.append(str(err).split(". ", 1)[0])
+        if not segments:
+            continue
+        seg_dir = store.root / "segments" / live.info.segment_id
+        for name in (INDEX_FILE, CHUNKS_FILE):
+            path = seg_dir / name
+            if not path.exists():
+                problems.append(f"segment {live.info.segment_id}: file {path} is missing")
+            elif sha256_file(path) != live.info.files.get(name):
+                problems.append(f"segment {live.info.segment_id}: file {path} fails its checksum")
+    return problems
+
+
+def _uses(manifest: Manifest, segment_id: str | None, file: str | None) -> bool:
+    """Whether ``manifest`` names the segment or the file (a document table or tombstones)."""
+    for live in manifest.segments:
+        if live.info.segment_id == segment_id or (file is not None and live.tombstones == file):
+            return True
+    return file is not None and manifest.docs_file == file
+
+
+def _generation_usable(
+    store: ManifestStore, generation: int, segment_id: str | None, file: str | None, deep: bool
+) -> bool:
+    try:
+        manifest = store._load(store.file_name(generation))
+    except IndexCorrupt:
+        return False
+    if _uses(manifest, segment_id, file):
+        return False
+    if deep:
+        return not verify(store.root, manifest)
+    return all((store.root / "segments" / live.info.segment_id).is_dir() for live in manifest.segments)
+
+
+def _rollback_advice(
+    store: ManifestStore, manifest: str | None = None, segment_id: str | None = None, file: str | None = None
+) -> str:
+    """How to recover from a damaged manifest, segment or file: the newest kept generation that does not
+    use it (and whose segments are on disk), and the commands."""
+    index = store.root
+    try:
+        good = next(
+            (
+                g
+                for g in reversed(store.generations())
+                if store.file_name(g) != manifest and _generation_usable(store, g, segment_id, file, False)
+            ),
+            None,
+        )
+    except OSError:
+        good = None
+    tail = (
+        f"`python -m indexing.manifest verify --index {index}` lists every damaged file; restoring them "
+        "from a backup also recovers"
+    )
+    if good is None:
+        return (
+            "No kept generation can replace it: restore the damaged file from a backup, or rebuild the "
+            f"index in a new directory from its sources. {tail}"
+        )
+    return (
+        f"To recover, roll back to generation {good}, the newest kept one without it: `python -m "
+        f"indexing.manifest switch --index {index} {good}`, then re-run the ingests or streams that wrote "
+        f"the later generations (a stream resumes from that generation's source positions; replayed "
+        f"events are applied once). {tail}"
+    )
+
+
+def recovery_advice(root: Path, segment_id: str) -> str:
+    """What to do about a damaged file of segment ``segment_id`` of the index at ``root``."""
+    try:
+        return _rollback_advice(ManifestStore(Path(root)), segment_id=segment_id)
+    except Exception:  # noqa: BLE001 - advice must never hide the error it comes with
+        return f"Restore the segment from a backup, or rebuild the index at {root} from its sources."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m indexing.manifest {verify,generations,switch}``: check and roll back an index."""
+    parser = argparse.ArgumentParser(prog="python -m indexing.manifest", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("verify", help="check every file of a generation (default: the current one)")
+    check.add_argument("--index", required=True, help="hot-tier directory")
+    check.add_argument("--generation", type=int, help="a kept generation instead of the current one")
+    listing = sub.add_parser(
+        "generations", help="the kept generations, newest first, and whether they verify"
+    )
+    listing.add_argument("--index", required=True, help="hot-tier directory")
+    switch = sub.add_parser("switch", help="roll back (or forward) to a kept generation")
+    switch.add_argument("--index", required=True, help="hot-tier directory")
+    switch.add_argument("generation", type=int)
+    switch.add_argument("--force", action="store_true", help="switch even if it does not verify")
+    args = parser.parse_args(argv)
+    store = ManifestStore(Path(args.index))
+    try:
+        if args.command == "generations":
+            try:
+                current: int | None = store.current().generation
+            except IndexCorrupt:
+                current = None
+            for gen in reversed(store.generations()):
+                state = "ok" if _generation_usable(store, gen, None, None, deep=True) else "DAMAGED"
+                print(f"{gen:>9}  {state:<8}{'  (current)' if gen == current else ''}")
+            return 0
+        if args.command == "verify":
+            name = store.file_name(args.generation) if args.generation is not None else None
+            manifest = store.load(name) if name else store.current()
+            problems = verify(store.root, manifest)
+            for problem in problems:
+                print(problem)
+            print(f"generation {manifest.generation}: {'damaged' if problems else 'ok'}")
+            return 1 if problems else 0
+        target = store.load(store.file_name(args.generation))
+        problems = verify(store.root, target)
+        if problems and not args.force:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            print(
+                f"generation {args.generation} is damaged too; not switching (--force to anyway)",
+                file=sys.stderr,
+            )
+            return 1
+        with exclusive_lock(store.root / "LOCK"):
+            store.switch(args.generation)
+        print(
+            f"generation {args.generation} is current ({len(target.segments)} segments, {target.n_vectors} vectors)"
+        )
+        return 0
+    except IndexCorrupt as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -120,6 +120,9 @@ def test_warm_tier_is_memory_mapped_and_hits_promote_back_to_hot(tmp_path: Path)
     assert [(m.doc_id, m.source, m.target) for m in plan.moves] == [(doc_name(2), "warm", "hot")]
     run_lifecycle(tmp_path / "hot", config, cold, NOW)
     assert _find(_searcher(tmp_path / "hot", cold), vectors[_vid(2)])[0] == "hot"
+    # The warm segment lost doc 2's vector to a tombstone and is still warm (memory-mapped).
+    assert _find(_searcher(tmp_path / "hot", cold), vectors[_vid(4)])[0] == "warm"
+    assert tier_stats(HotIndex(tmp_path / "hot"), None)["tiers"]["warm"]["documents"] == 19
     assert_exactly_once(tmp_path / "hot", cold)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class TierflowError(Exception):
     """Root of every error tierflow raises on purpose.
@@ -39,9 +41,27 @@ class IndexCorrupt(TierflowError, Terminal):
     """A hot-tier file failed its checksum or could not be read; it is refused, not served."""
 
 
+class DiskFull(TierflowError, OSError, Terminal):
+    """The device holding the index is full (``ENOSPC``/``EDQUOT``). Terminal: retrying will not help
+    until someone frees space. Nothing partial was published; the last committed generation still serves.
+
+    Also an ``OSError`` (``errno`` ``ENOSPC``), so code that tolerates a failed write (an access log, an
+    audit line) still does; its one argument is the message, so it pickles and crosses Beam workers.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
 class IndexConflict(TierflowError, Transient):
     """Another writer committed, or holds the commit lock; the commit can be retried."""
 
 
 class IncompatibleIndex(TierflowError, Terminal):
     """Vectors of another model, dimension or normalisation would be mixed into an index."""
+
+
+class SourceUnavailable(TierflowError, Transient):
+    """A stream's source (Kafka brokers, a Postgres server) stayed unreachable for longer than the stream
+    was configured to wait; nothing was acknowledged that the index does not hold, so a rerun resumes."""

@@ -32,13 +32,17 @@ QUIET_LOGGERS = (  # chatty libraries: their INFO only with --verbose, else erro
     "httpx",
     "sentence_transformers",
     "faiss",
-    "root",
     "distributed",
     "transformers",
     "huggingface_hub",
     "botocore",
     "lancedb",
 )
+# Beam logs a failing DoFn's traceback at ERROR before the exception reaches the CLI, which then prints
+# the error in one line: without --verbose that traceback is noise.
+SILENT_UNLESS_VERBOSE = ("apache_beam.runners",)
+# Library warnings through the root logger that say nothing to a tierflow user.
+_IGNORED = ("apitools not found",)
 
 
 @contextmanager
@@ -109,7 +113,10 @@ def setup(verbose: bool = False, fmt: str | None = None, stream: TextIO | None =
             handler.setFormatter(JsonFormatter())
         else:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(lambda record: not any(text in record.getMessage() for text in _IGNORED))
         root.addHandler(handler)
         root.setLevel(logging.INFO if verbose else logging.WARNING)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    for name in SILENT_UNLESS_VERBOSE:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
