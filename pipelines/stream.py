@@ -54,6 +54,7 @@ from indexing.docs_table import CANONICAL, DUPLICATE, DocState
 from indexing.hot import HotIndex
 from pipelines.dedup import Candidate, candidate_keys, signature
 from pipelines.stages import build_run_context, index_items, run_pipeline
+from tierflow import metrics
 from tierflow.config import IngestConfig
 from tierflow.deadletter import DeadLetter, read_dead_letter_files
 from tierflow.errors import SourceUnavailable, TierflowError, Transient
@@ -401,6 +402,8 @@ class KafkaSource:
             self._owed[tp] = max(offset, self._owed.get(tp, 0))
         self.consumer.resume_at(self._owed)
         self._commit_owed()
+        for (topic, partition), lag in self.consumer.lag().items():
+            metrics.KAFKA_CONSUMER_LAG.labels(topic, str(partition)).set(lag)
 
     def _commit_owed(self) -> None:
         """Commit the owed offsets of the partitions this consumer holds; a transient failure keeps them
