@@ -98,8 +98,8 @@ def reconcile(
     if committed is not None:
         if event.version < committed.version:
             return Outcome(skipped="stale", unchanged_canonical=_canonical(committed))
-        if event.op == DELETE and committed.status == DELETED:
-            return Outcome(skipped="unchanged")
+        if event.op == DELETE and committed.status == DELETED and event.version == committed.version:
+            return Outcome(skipped="unchanged")  # a replay; a newer delete is planned, to record its version
         if (
             event.op == UPSERT
             and committed.status != DELETED

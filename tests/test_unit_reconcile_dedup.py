@@ -141,8 +141,12 @@ def test_delete_of_live_document_and_of_deleted_one() -> None:
     out = reconcile("d", [event("d", 2, op="delete")], state, [], FP)
     assert out.plan is not None and out.plan.action == DELETE and out.plan.previous is state
     gone = committed("d", 2, DELETED)
+    # A newer delete of a deleted document records its version: an upsert of version 3, arriving later
+    # (out of order), must lose to it rather than bring the document back.
     out = reconcile("d", [event("d", 3, op="delete")], gone, [], FP)
-    assert out.plan is None and out.skipped == "unchanged"
+    assert out.plan is not None and out.plan.action == DELETE and out.plan.event.version == 3
+    replay = reconcile("d", [event("d", 2, op="delete")], gone, [], FP)
+    assert replay.plan is None and replay.skipped == "unchanged"
 
 
 def test_upsert_after_delete_with_same_content_revives() -> None:
