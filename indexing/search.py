@@ -35,7 +35,7 @@ from indexing.docs_table import CANONICAL, DUPLICATE
 from indexing.embedder import Embedder
 from indexing.hot import TIERS, HotIndex
 from indexing.manifest import Manifest
-from tierflow import metrics
+from tierflow import metrics, tracing
 from tierflow.config import EmbeddingConfig
 from tierflow.errors import IncompatibleIndex
 
@@ -271,9 +271,24 @@ class Searcher:
             ValueError: ``tiers`` names a tier that does not exist, or none.
             IncompatibleIndex: The index holds vectors of another model.
         """
-        started = time.perf_counter()
-        manifest = manifest or self.index.manifest()
         searched = ",".join(t for t in TIERS if t in _tier_set(tiers))
+        attributes = {"tierflow.queries": len(queries), "tierflow.k": k, "tierflow.tiers": searched}
+        started = time.perf_counter()
+        with tracing.span("tierflow.search", attributes) as span:
+            results = self._search_many(queries, k, tiers, where, manifest)
+            span.set_attribute("tierflow.results", sum(len(found) for found in results))
+        metrics.SEARCH_SECONDS.labels(searched).observe(time.perf_counter() - started)
+        return results
+
+    def _search_many(
+        self,
+        queries: list[str],
+        k: int,
+        tiers: Collection[str] | None,
+        where: MetadataFilter | None,
+        manifest: Manifest | None,
+    ) -> list[list[SearchResult]]:
+        manifest = manifest or self.index.manifest()
         view = self._doc_view(manifest)
         if not manifest.segments and not view.cold:
             return [[] for _ in queries]
@@ -308,7 +323,6 @@ class Searcher:
         ]
         if self.access is not None:
             self.access.record([r.doc_id for found in results for r in found])
-        metrics.SEARCH_SECONDS.labels(searched).observe(time.perf_counter() - started)
         return results
 
     def _best_documents(

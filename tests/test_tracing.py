@@ -56,6 +56,14 @@ def test_an_ingest_is_one_trace_with_a_span_per_stage(tmp_path: Path) -> None:
     assert sum(span["attributes"]["tierflow.records"] for span in validate) == sum(1 for _ in DEMO.open())
     assert embed is not None and embed["attributes"]["tierflow.chunks"] > 0
 
+    searched = subprocess.run(
+        [sys.executable, "-m", "tierflow.cli", "search", "wild yeast bread", "-k", "3", "--index", str(tmp_path / "hot")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    (search,) = [span for span in _spans(searched.stderr) if span["name"] == "tierflow.search"]
+    assert search["attributes"]["tierflow.tiers"] == "hot,warm,cold" and search["attributes"]["tierflow.results"] == 3
+
 
 def test_tracing_is_off_unless_configured() -> None:
     assert tracing.exporter_setting({}) == "none"
