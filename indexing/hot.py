@@ -318,7 +318,12 @@ class HotIndex:
                             doc_vector_ids(update.doc_id, update.n_chunks)
                         )
                     continue
-                if current is not None and current.status == CANONICAL and current.segment_id:
+                if (
+                    current is not None
+                    and current.status == CANONICAL
+                    and current.segment_id
+                    and not _same_vectors(current, update)
+                ):
                     added.setdefault(current.segment_id, set()).update(
                         doc_vector_ids(current.doc_id, current.n_chunks)
                     )
@@ -609,6 +614,16 @@ def tier_vectors(index: HotIndex, manifest: Manifest | None = None) -> dict[str,
         if tier is not None:
             out[tier] += state.n_chunks
     return out
+
+
+def _same_vectors(current: DocState, update: DocState) -> bool:
+    """The update keeps the document's committed vectors (a newer version of unchanged content)."""
+    return (
+        update.status == CANONICAL
+        and update.segment_id == current.segment_id
+        and update.n_chunks == current.n_chunks
+        and update.cold_batch == current.cold_batch
+    )
 
 
 def _placement(state: DocState) -> tuple[Any, ...]:

@@ -6,7 +6,9 @@ stage is a CoGroupByKey on doc_id and runs on any number of workers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState
 from tierflow.records import DocumentEvent, SourcePosition
@@ -42,6 +44,7 @@ class Outcome:
     promote: list[DocState] = field(default_factory=list)
     skipped: str | None = None
     unchanged_canonical: DocState | None = None
+    bump: DocState | None = None  # unchanged content at a newer version: record it, embed nothing
 
 
 def newest(events: list[DocumentEvent]) -> DocumentEvent:
@@ -106,11 +109,30 @@ def reconcile(
             and committed.content_hash == event.content_hash
             and committed.fingerprint == fingerprint
         ):
-            return Outcome(skipped="unchanged", unchanged_canonical=_canonical(committed))
+            # Nothing to embed. A newer version is still recorded (with its metadata and source): an older
+            # delete arriving after it must lose to it, and filters and lifecycle rules see new metadata.
+            bump = _bumped(committed, event) if event.version > committed.version else None
+            return Outcome(skipped="unchanged", unchanged_canonical=_canonical(committed), bump=bump)
         if event.version == committed.version and committed.status == DELETED:
             return Outcome(skipped="stale")
     action = DELETE if event.op == DELETE else UPSERT
     return Outcome(plan=Plan(doc_id, action, event, committed), promote=_to_promote(committed, duplicates))
+
+
+def _bumped(committed: DocState, event: DocumentEvent) -> DocState:
+    """The committed state at ``event``'s newer version of the same content: the same vectors (or the
+    same canonical link), the event's version, title, metadata and source."""
+    return replace(
+        committed,
+        version=event.version,
+        title=event.title,
+        metadata=json.dumps(event.metadata, ensure_ascii=False, sort_keys=True),
+        source_system=event.source.system,
+        source_uri=event.source.uri,
+        source_position=event.source.position,
+        event_time=event.event_time,
+        extra={},
+    )
 
 
 def _canonical(state: DocState) -> DocState | None:
@@ -141,10 +163,23 @@ def promotion_plan(state: DocState) -> Plan:
     return Plan(state.doc_id, UPSERT, event, state, promoted=True)
 
 
-def merge_promotion(plans: list[Plan], promotions: list[DocState]) -> Plan | None:
-    """A document's own change in this run wins; otherwise a promotion request re-ingests it."""
+def merge_promotion(
+    plans: list[Plan], promotions: list[DocState], bumps: list[DocState] | None = None
+) -> Plan | None:
+    """A document's own change in this run wins; otherwise a promotion request re-ingests it, as of the
+    newer version of its unchanged content when this run brought one (``bumps``)."""
     if plans:
         return plans[0]
     if promotions:
-        return promotion_plan(promotions[0])
+        return promotion_plan(bumps[0] if bumps else promotions[0])
     return None
+
+
+def merge_outcomes(
+    plans: list[Plan], promotions: list[DocState], bumps: list[DocState]
+) -> list[tuple[str, Any]]:
+    """One document's ``("plan", Plan)``, or else its ``("bump", DocState)`` (a version to record)."""
+    plan = merge_promotion(plans, promotions, bumps)
+    if plan is not None:
+        return [("plan", plan)]
+    return [("bump", bumps[0])] if bumps else []

@@ -26,7 +26,7 @@ from indexing.embedder import Embedder, model_dir
 from indexing.hot import HotIndex
 from pipelines.chunking import TokenChunker
 from pipelines.dedup import Candidate, Link, best_link, candidate_keys, links_in_group, signature
-from pipelines.reconcile import DELETE, Outcome, Plan, merge_promotion, reconcile
+from pipelines.reconcile import DELETE, Outcome, Plan, merge_outcomes, reconcile
 from pipelines.traced import TracedDoFn, traced
 from pipelines.validate import DocumentValidator
 from pipelines.write import CommitRun, DocChunks, EmbedChunks, HotTierWriteConfig, WriteDeadLetters
@@ -108,6 +108,8 @@ class Reconcile(beam.DoFn):
             yield ("plan", outcome.plan)
         for dup in outcome.promote:
             yield ("promote", dup)
+        if outcome.bump is not None:
+            yield ("bump", outcome.bump)
         if outcome.skipped:
             yield ("stat", (f"skipped_{outcome.skipped}", 1))
         if outcome.unchanged_canonical is not None and outcome.unchanged_canonical.minhash is not None:
@@ -336,7 +338,7 @@ def index_items(
         | "JoinCommitted" >> beam.CoGroupByKey()
         | "Reconcile" >> beam.ParDo(Reconcile(run.fingerprint, full_sync))
     )
-    plans = (
+    merged = (
         {
             "plans": outcomes
             | "Plans" >> _tagged("plan")
@@ -344,13 +346,15 @@ def index_items(
             "promotions": outcomes
             | "Promotions" >> _tagged("promote")
             | "PromoById" >> beam.Map(lambda s: (s.doc_id, s)),
+            "bumps": outcomes | "Bumps" >> _tagged("bump") | "BumpsById" >> beam.Map(lambda s: (s.doc_id, s)),
         }
         | "JoinPromotions" >> beam.CoGroupByKey()
         | "MergePromotions"
         >> beam.FlatMap(
-            lambda kv: [pl] if (pl := merge_promotion(kv[1]["plans"], kv[1]["promotions"])) else []
+            lambda kv: merge_outcomes(list(kv[1]["plans"]), list(kv[1]["promotions"]), list(kv[1]["bumps"]))
         )
     )
+    plans = merged | "MergedPlans" >> _tagged("plan")
     deletes = (
         plans
         | "Deletes" >> beam.Filter(lambda pl: pl.action == DELETE)
@@ -378,6 +382,7 @@ def index_items(
         | "Decide" >> beam.ParDo(traced(Decide(run), parent))
     )
     duplicates = decided | "DuplicateStates" >> beam.Filter(lambda item: item[0] == "doc")
+    bumps = merged | "MergedBumps" >> _tagged("bump") | "BumpStates" >> beam.Map(lambda state: ("doc", state))
     written = (
         decided
         | "Canonical" >> _tagged("canonical")
@@ -404,7 +409,7 @@ def index_items(
         | "TagStats" >> beam.Map(lambda kv: ("stat", kv))
     )
     return (
-        (written, duplicates, deletes, dead_files, stats)
+        (written, duplicates, bumps, deletes, dead_files, stats)
         | "Gather" >> beam.Flatten()
         | "OneCommit" >> beam.Map(lambda item: ("commit", item))
         | "GroupCommit" >> beam.GroupByKey()

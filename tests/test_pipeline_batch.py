@@ -154,6 +154,26 @@ def test_versions_order_updates_and_deletes(tmp_path: Path) -> None:
     assert "version nine" in next(iter(live_vectors(tmp_path / "hot").values()))
 
 
+def test_unchanged_text_at_a_newer_version_is_recorded_without_re_embedding(tmp_path: Path) -> None:
+    cfg = config(tmp_path / "hot")
+    path = tmp_path / "v.jsonl"
+    opts = {"id_field": "id", "version_field": "v", "op_field": "op"}
+    ingest(
+        write_jsonl(path, [{"id": "a", "text": "alpha stays the same", "v": 5, "team": "red"}]), cfg, **opts
+    )
+    before = live_vectors(tmp_path / "hot")
+    again = ingest(
+        write_jsonl(path, [{"id": "a", "text": "alpha stays the same", "v": 9, "team": "blue"}]), cfg, **opts
+    )
+    assert again["counts"]["skipped_unchanged"] == 1 and "chunks_embedded" not in again["counts"]
+    state = HotIndex(tmp_path / "hot").docs()["a"]
+    assert state.version == 9 and json.loads(state.metadata)["team"] == "blue"
+    assert live_vectors(tmp_path / "hot") == before, "the same vectors, still live exactly once"
+    # A delete older than the recorded version, arriving late, must lose to it.
+    late = ingest(write_jsonl(path, [{"id": "a", "op": "delete", "v": 7}]), cfg, **opts)
+    assert late["counts"]["skipped_stale"] == 1 and "a" in live_docs(tmp_path / "hot")
+
+
 def test_replayed_events_leave_the_index_as_one_delivery(tmp_path: Path) -> None:
     docs = demo_docs()[:5]
     once = config(tmp_path / "once")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -21,7 +22,16 @@ from pipelines.dedup import (
     signature,
     similarity,
 )
-from pipelines.reconcile import DELETE, UPSERT, Plan, merge_promotion, newest, promotion_plan, reconcile
+from pipelines.reconcile import (
+    DELETE,
+    UPSERT,
+    Plan,
+    merge_outcomes,
+    merge_promotion,
+    newest,
+    promotion_plan,
+    reconcile,
+)
 from tierflow.config import DedupConfig
 from tierflow.records import DocumentEvent, SourcePosition
 
@@ -149,6 +159,16 @@ def test_delete_of_live_document_and_of_deleted_one() -> None:
     assert replay.plan is None and replay.skipped == "unchanged"
 
 
+def test_unchanged_content_at_a_newer_version_is_a_bump_not_a_plan() -> None:
+    state = committed("d", 2)
+    out = reconcile("d", [event("d", 5)], state, [], FP)
+    assert out.plan is None and out.skipped == "unchanged" and out.bump is not None
+    assert (out.bump.version, out.bump.segment_id, out.bump.n_chunks) == (5, "seg", 2)
+    assert json.loads(out.bump.metadata) == {"k": 5} and out.bump.source_position == "line:5"
+    replay = reconcile("d", [event("d", 2)], state, [], FP)
+    assert replay.skipped == "unchanged" and replay.bump is None
+
+
 def test_upsert_after_delete_with_same_content_revives() -> None:
     gone = committed("d", 2, DELETED)
     gone.content_hash = event("d", 1).content_hash  # even if the tombstoned state kept its hash
@@ -232,6 +252,16 @@ def test_merge_promotion() -> None:
     )
     assert e.metadata == {"lang": "en"}
     assert e.source == SourcePosition("kafka", "topic/0", "offset:7")
+    # A newer unchanged version of the duplicate arrived in the same run: it is promoted as of that version.
+    newer = replace(event("x", 8, text="dup text"), title="Dup title")
+    bumped = reconcile(
+        "x", [newer], replace(dup, content_hash=newer.content_hash, fingerprint=FP), [], FP
+    ).bump
+    assert bumped is not None
+    promoted = merge_promotion([], [dup], [bumped])
+    assert promoted is not None and promoted.event.version == 8 and promoted.event.text == "dup text"
+    assert merge_outcomes([], [], [bumped]) == [("bump", bumped)]
+    assert merge_outcomes([], [dup], [bumped])[0][0] == "plan" and merge_outcomes([], [], []) == []
     assert promotion_plan(dup).event.content_hash == e.content_hash
 
 
