@@ -563,10 +563,14 @@ class _Producer:
         self._on_delivery = on_delivery
         self.outage = Outage(self._what)
         self.delivered = 0
-        self._producer = producer or Producer(
-            config.producer_settings(),
-            logger=librdkafka_log,
-            error_cb=_error_cb(self._what, self._fatal, self.outage),
+        self._producer = (
+            producer
+            if producer is not None
+            else Producer(
+                config.producer_settings(),
+                logger=librdkafka_log,
+                error_cb=_error_cb(self._what, self._fatal, self.outage),
+            )
         )
 
     def _delivered(self, send: _Send, err: KafkaError | None, msg: Message) -> None:
@@ -1002,10 +1006,14 @@ class DocumentConsumer:
         # Commit results arrive through on_commit (served by poll), so that a commit can be bounded in
         # time: a synchronous commit in flight when the coordinator dies waits for the whole outage.
         self._commits: deque[_CommitResult] = deque()
-        self._consumer = consumer or Consumer(
-            {**settings, "on_commit": self._on_commit},
-            logger=librdkafka_log,
-            error_cb=_error_cb("consumer", self._fatal, self.outage),
+        self._consumer = (
+            consumer
+            if consumer is not None
+            else Consumer(
+                {**settings, "on_commit": self._on_commit},
+                logger=librdkafka_log,
+                error_cb=_error_cb("consumer", self._fatal, self.outage),
+            )
         )
         self._async_commits = consumer is None
         self._buffer: list[KafkaRecord] = []

@@ -62,6 +62,12 @@ class DocState:
         return row
 
 
+# DocState.extra flag: a newer version of unchanged content ("renewal"). The commit applies it onto the
+# document's committed state as it is then (wherever a lifecycle move put its vectors), never onto the
+# placement the pipeline read earlier.
+RENEWAL = "renewal"
+
+
 DOC_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),

@@ -12,7 +12,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexing import audit
-from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState, read_docs, write_docs
+from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, RENEWAL, DocState, read_docs, write_docs
 from indexing.durable import (
     disk_full_error,
     exclusive_lock,
@@ -310,6 +310,12 @@ class HotIndex:
             applied = stale = 0
             for update in sorted(request.updates, key=lambda u: u.doc_id):
                 current = docs.get(update.doc_id)
+                if update.extra.get(RENEWAL):
+                    renewed = _renew(current, update)
+                    if renewed is None:
+                        stale += 1
+                        continue
+                    update = renewed
                 if current is not None and _is_stale(current, update):
                     stale += 1
                     # A retried commit of this very request finds its vectors live: keep them.
@@ -614,6 +620,30 @@ def tier_vectors(index: HotIndex, manifest: Manifest | None = None) -> dict[str,
         if tier is not None:
             out[tier] += state.n_chunks
     return out
+
+
+def _renew(current: DocState | None, update: DocState) -> DocState | None:
+    """A renewal (a newer version of unchanged content) applied onto the committed state as it is now:
+    its vectors stay where they are. None when that state no longer holds the same content at an older
+    version (deleted, changed, or already newer): the renewal is stale."""
+    if (
+        current is None
+        or current.status == DELETED
+        or current.content_hash != update.content_hash
+        or update.version <= current.version
+    ):
+        return None
+    return replace(
+        current,
+        version=update.version,
+        title=update.title,
+        metadata=update.metadata,
+        source_system=update.source_system,
+        source_uri=update.source_uri,
+        source_position=update.source_position,
+        event_time=update.event_time,
+        extra={},
+    )
 
 
 def _same_vectors(current: DocState, update: DocState) -> bool:

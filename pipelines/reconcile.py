@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState
+from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, RENEWAL, DocState
 from tierflow.records import DocumentEvent, SourcePosition
 
 UPSERT = "upsert"
@@ -131,7 +131,7 @@ def _bumped(committed: DocState, event: DocumentEvent) -> DocState:
         source_uri=event.source.uri,
         source_position=event.source.position,
         event_time=event.event_time,
-        extra={},
+        extra={RENEWAL: True},
     )
 
 

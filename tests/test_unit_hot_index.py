@@ -748,3 +748,41 @@ def test_a_long_lived_index_drops_readers_of_retired_segments(tmp_path: Path) ->
     assert set(index._readers) <= {live.info.segment_id for live in current.segments}
     assert len(index.search(np.ones((1, 16), np.float32), 5)[0]) == 5
     assert set(index._readers) == {live.info.segment_id for live in current.segments}
+
+
+def test_a_renewal_applies_onto_the_state_as_committed_now(tmp_path: Path) -> None:
+    """A newer version of unchanged content keeps the vectors where they are when it commits, even if a
+    compaction (or lifecycle move) relocated them after the pipeline read the document."""
+    from dataclasses import replace
+
+    from indexing.docs_table import DELETED, RENEWAL
+    from lifecycle.synthetic import build_synthetic_index, doc_name
+    from tests.helpers import assert_exactly_once
+
+    root = tmp_path / "hot"
+    build_synthetic_index(root, 200, 1, 16, segment_docs=100)
+    index = HotIndex(root)
+    read = index.docs()[doc_name(1)]  # what a pipeline read before the compaction
+    index.commit(
+        CommitRequest("deletes", updates=[DocState(doc_name(i), 9, DELETED) for i in range(0, 200, 2)])
+    )
+    index.compact()
+    moved = index.docs()[doc_name(1)]
+    assert moved.segment_id != read.segment_id
+    renewal = replace(read, version=read.version + 5, metadata='{"team": "blue"}', extra={RENEWAL: True})
+    result = index.commit(CommitRequest("renew", updates=[renewal]))
+    state = HotIndex(root).docs()[doc_name(1)]
+    assert result.applied == 1 and result.tombstoned == 0
+    assert (state.version, state.metadata, state.segment_id) == (
+        read.version + 5,
+        '{"team": "blue"}',
+        moved.segment_id,
+    )
+    assert_exactly_once(root, None)
+    stale = index.commit(
+        CommitRequest("again", updates=[renewal])
+    )  # a replay, or a renewal of deleted content
+    gone = index.commit(
+        CommitRequest("gone", updates=[replace(index.docs()[doc_name(0)], version=50, extra={RENEWAL: True})])
+    )
+    assert (stale.applied, stale.stale, gone.applied, gone.stale) == (0, 1, 0, 1)
