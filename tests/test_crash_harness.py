@@ -3,11 +3,12 @@ process kind. Release checks run it long: ``python -m tests.harness.crash --targ
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from tests.harness.crash import run_target
+from tests.harness.crash import main, run_target
 
 
 def _quiet(_: str) -> None:
@@ -28,3 +29,17 @@ def test_sigkill_then_restart_keeps_every_invariant(target: str, runs: int, tmp_
     assert result["violations"] == 0, result["failures"]
     assert result["documents_lost"] == 0 and result["orphans_after_gc"] == 0
     assert result["recoveries"] == runs
+
+
+@pytest.mark.kafka
+@pytest.mark.model
+def test_sigkill_stream_while_producing_keeps_every_invariant(tmp_path: Path) -> None:
+    out = tmp_path / "crash-stream.json"
+    code = main(["--target", "stream", "--runs", "3", "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    summary = json.loads(out.read_text())
+    assert summary["runs"] == 3
+    assert summary["violations"] == 0, summary["targets"][0]["failures"]
+    assert summary["documents_lost"] == 0 and summary["orphans_after_gc"] == 0
+    assert summary["kills_before_finish"] >= 1
+    assert summary["messages_produced"] > 0 and summary["targets"][0]["documents_unsure"] == 0
+    assert code == 0
