@@ -71,7 +71,14 @@ from connectors.local_queue import LocalQueue
 from tierflow import jsonparse, metrics
 from tierflow.deadletter import DeadLetter
 from tierflow.errors import ConfigError, Terminal, TierflowError
-from tierflow.http import BackgroundServer, JsonRequestHandler, JsonServer, content_length, stop_on_signals
+from tierflow.http import (
+    Admission,
+    BackgroundServer,
+    JsonRequestHandler,
+    JsonServer,
+    content_length,
+    stop_on_signals,
+)
 from tierflow.jsonparse import is_finite_number, json_type
 from tierflow.records import OPS, DocumentEvent, Op, SourcePosition
 
@@ -647,7 +654,7 @@ class WebhookReceiver(BackgroundServer):
         self._limiter = (
             _RateLimiter(config.rate_limit_per_s, config.rate_burst) if config.rate_limit_per_s > 0 else None
         )
-        self._slots = threading.BoundedSemaphore(config.max_concurrent)
+        self.admission = Admission(config.max_concurrent)
         self._sink = sink
         self._owns_sink = sink is None
         self.dead_letters = dead_letters or JsonlDeadLetters(Path(config.queue_dir) / "dead-letters.jsonl")
@@ -897,7 +904,7 @@ class _Handler(JsonRequestHandler):
                 detail = f"over {limit} for {self.client_address[0]}"
                 self._turn_away(429, "rate_limited", detail, max(1, math.ceil(wait)))
                 return
-        if not receiver._slots.acquire(blocking=False):
+        if not receiver.admission.try_enter():
             receiver._count("overloaded")
             detail = f"{receiver.config.max_concurrent} deliveries are in progress; retry later"
             self._turn_away(503, "overloaded", detail, 1)
@@ -911,7 +918,7 @@ class _Handler(JsonRequestHandler):
             finally:
                 receiver._leave()
         finally:
-            receiver._slots.release()
+            receiver.admission.leave()
 
     def _turn_away(self, status: int, error: str, detail: str, retry_after_s: int) -> None:
         """Refuse a delivery before reading its body (not dead-lettered: the sender retries)."""

@@ -70,7 +70,14 @@ from indexing.manifest import CURRENT, Manifest
 from indexing.search import Searcher
 from tierflow import __version__, jsonparse, metrics
 from tierflow.errors import ConfigError, TierflowError, Transient
-from tierflow.http import BackgroundServer, JsonRequestHandler, JsonServer, content_length, stop_on_signals
+from tierflow.http import (
+    Admission,
+    BackgroundServer,
+    JsonRequestHandler,
+    JsonServer,
+    content_length,
+    stop_on_signals,
+)
 
 __all__ = [
     "HEALTH_PATH",
@@ -273,7 +280,7 @@ class SearchService(BackgroundServer):
         self.config = config
         self.counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
-        self._admission = threading.BoundedSemaphore(config.max_concurrent)
+        self.admission = Admission(config.max_concurrent)
         self._index_lock = threading.Lock()
         self._manifest_lock = threading.Lock()
         self._manifest_name: str | None = None
@@ -413,12 +420,6 @@ class SearchService(BackgroundServer):
 
     # bookkeeping
 
-    def _admit(self) -> bool:
-        return self._admission.acquire(blocking=False)
-
-    def _leave_admission(self) -> None:
-        self._admission.release()
-
     def _count(self, key: str) -> None:
         with self._counts_lock:
             self.counts[key] += 1
@@ -516,7 +517,7 @@ class _Handler(JsonRequestHandler):
         except RequestRefused as refusal:
             self._refuse(refusal, unread=True)
             return
-        if not service._admit():
+        if not service.admission.try_enter():
             detail = f"{service.config.max_concurrent} searches are in progress; retry later"
             self._refuse(RequestRefused(503, "overloaded", detail, RETRY_AFTER_S), unread=True)
             return
@@ -529,7 +530,7 @@ class _Handler(JsonRequestHandler):
             finally:
                 service._leave()
         finally:
-            service._leave_admission()
+            service.admission.leave()
 
     def _check_headers(self) -> int:
         """The body's length, once content type and framing are acceptable."""

@@ -417,12 +417,13 @@ def test_over_max_concurrent_is_503_with_retry_after(index_dir: Path, start: Any
             + body[:5]
         )
         holders.append(sock)
+    # Probe only once both holders are admitted: a probe admitted first would take a holder's slot
+    # (that holder is refused instead) and every later probe would find a slot free.
     deadline = time.monotonic() + 60
-    while True:
-        status, answer, headers = call(service, body={"query": "x"})
-        if status == 503 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)  # the two holders are not admitted yet
+    while service.admission.in_use < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert service.admission.in_use == 2
+    status, answer, headers = call(service, body={"query": "x"})
     assert (status, answer["error"], headers["retry-after"]) == (503, "overloaded", "1")
     assert "2 searches are in progress" in answer["detail"]
     for sock in holders:

@@ -9,6 +9,7 @@ Both are the standard library's threading HTTP server answering JSON. What they 
   sends (:meth:`~JsonRequestHandler.send_refusal`), ``Expect: 100-continue`` refused for oversized
   bodies, access lines logged at debug;
 - :func:`content_length`: a strict ``Content-Length`` parser;
+- :class:`Admission`: at most N requests admitted at once, the rest turned away (not queued);
 - :class:`BackgroundServer`: serve in a daemon thread, stop with a bounded drain of the requests in
   flight; :func:`stop_on_signals` for a foreground ``serve()``.
 
@@ -38,6 +39,7 @@ from types import TracebackType
 from typing import Any, Self
 
 __all__ = [
+    "Admission",
     "BackgroundServer",
     "JsonRequestHandler",
     "JsonServer",
@@ -191,6 +193,44 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
                 drained += len(chunk)
         except OSError:
             pass
+
+
+class Admission:
+    """At most ``limit`` requests admitted at once; one more is refused at once instead of queueing.
+
+    Example:
+        >>> slots = Admission(1)
+        >>> slots.try_enter(), slots.try_enter(), slots.in_use
+        (True, False, 1)
+        >>> slots.leave(); slots.in_use
+        0
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._in_use = 0
+
+    @property
+    def in_use(self) -> int:
+        """Requests admitted now."""
+        with self._lock:
+            return self._in_use
+
+    def try_enter(self) -> bool:
+        """Take a slot; False (and nothing taken) when all ``limit`` are in use."""
+        with self._lock:
+            if self._in_use >= self.limit:
+                return False
+            self._in_use += 1
+            return True
+
+    def leave(self) -> None:
+        """Give back a slot taken by :meth:`try_enter`."""
+        with self._lock:
+            if self._in_use <= 0:
+                raise RuntimeError("Admission.leave() without a matching try_enter()")
+            self._in_use -= 1
 
 
 class BackgroundServer:
