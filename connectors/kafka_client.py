@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -1361,9 +1362,16 @@ class DocumentConsumer:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Leave the group (commits nothing). During a rebalance it first waits, up to ``timeout_s``, for
-        the new assignment, since leaving a group that is still forming can strand it (not while the
-        brokers are unreachable: there is no group to strand then)."""
+        """Leave the group (commits nothing), waiting at most about ``2 × timeout_s``.
+
+        During a rebalance it first waits, up to ``timeout_s``, for the new assignment, since leaving a
+        group that is still forming can strand it (not while the brokers are unreachable: there is no
+        group to strand then). librdkafka's own close has no bound: with the coordinator unreachable it
+        waits for requests in flight to time out (``socket.timeout.ms``, a minute by default), or longer
+        (confluent-kafka-python#1667). It runs in a daemon thread; past ``timeout_s`` it is left behind
+        with a warning, as a crashed consumer would be: the group expires the member after
+        ``session.timeout.ms``, and nothing is lost, since this client commits nothing at close.
+        """
         if self._closed:
             return
         try:
@@ -1373,10 +1381,31 @@ class DocumentConsumer:
         finally:
             self._closed = True
             self._buffer.clear()
+            self._close_within(timeout_s)
+
+    def _close_within(self, timeout_s: float) -> None:
+        failure: list[KafkaException] = []
+
+        def close() -> None:
             try:
                 self._consumer.close()
             except KafkaException as err:
-                log.warning("kafka consumer %s: close failed: %s", self.config.group_id, err)
+                failure.append(err)
+
+        closer = threading.Thread(target=close, name=f"kafka-close-{self.config.group_id}", daemon=True)
+        closer.start()
+        closer.join(timeout_s)
+        group = self.config.group_id
+        if closer.is_alive():
+            log.warning(
+                "kafka consumer %s: close did not finish within %gs%s; leaving it behind (the group "
+                "expires this member after session.timeout.ms; nothing was owed to it)",
+                group,
+                timeout_s,
+                f" (brokers unreachable for {self.outage.seconds():.0f}s)" if self.outage.down else "",
+            )
+        elif failure:
+            log.warning("kafka consumer %s: close failed: %s", group, failure[0])
 
     def __enter__(self) -> Self:
         return self

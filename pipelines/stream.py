@@ -450,7 +450,7 @@ class KafkaSource:
     def close(self) -> None:
         try:
             if self.consumer is not None:
-                self.consumer.close()
+                self.consumer.close(self._wait_s)
         finally:
             if self.producer is not None:
                 try:

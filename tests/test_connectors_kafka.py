@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -161,10 +162,24 @@ DEAD_LETTER_CASES: list[tuple[bytes | None, bytes | None, Any, int, str, tuple[s
     (b"d1", b"", None, 1000, "malformed_json", ("Expecting value",)),
     (b"d1", b'{"text": "a", "text": "b"}', None, 1000, "malformed_json", ("duplicate", "text")),
     (b"d1", b'{"text": "t", "event_time": NaN}', None, 1000, "malformed_json", ("NaN",)),
-    (b"d1", b'{"text": "t", "metadata": {"score": NaN}}', None, 1000, "malformed_json", ("NaN", "not valid JSON")),
+    (
+        b"d1",
+        b'{"text": "t", "metadata": {"score": NaN}}',
+        None,
+        1000,
+        "malformed_json",
+        ("NaN", "not valid JSON"),
+    ),
     (b"d1", b'{"text": "t", "metadata": {"a": [Infinity]}}', None, 1000, "malformed_json", ("Infinity",)),
     (b"d1", b'{"text": "t", "metadata": {"a": -Infinity}}', None, 1000, "malformed_json", ("-Infinity",)),
-    (b"d1", b'{"text": "t", "metadata": {"a": -1e400}}', None, 1000, "malformed_json", ("too large for a double",)),
+    (
+        b"d1",
+        b'{"text": "t", "metadata": {"a": -1e400}}',
+        None,
+        1000,
+        "malformed_json",
+        ("too large for a double",),
+    ),
     (b"d1", '\ufeff{"text": "t"}'.encode(), None, 1000, "malformed_json", ("BOM",)),
     (b"d1", b'["text"]', None, 1000, "not_an_object", ("array",)),
     (b"d1", b'"text"', None, 1000, "not_an_object", ("string",)),
@@ -549,3 +564,31 @@ def test_subscribing_to_a_missing_topic_fails_with_the_brokers_reason(kafka_brok
         consumer.subscribe(timeout_s=2)
     consumer.close()  # does not wait again for an assignment that will not come
     assert time.monotonic() - started < 5
+
+
+class _HangingConsumer:
+    """A ``confluent_kafka.Consumer`` whose close() blocks, as librdkafka's can while the coordinator is
+    unreachable (confluent-kafka-python#1667). The real broker path: tests/test_faults_broker.py."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+        self.release.wait(60)
+
+
+def test_a_consumer_close_that_hangs_is_left_behind_after_its_bound(caplog: pytest.LogCaptureFixture) -> None:
+    release = threading.Event()
+    hanging = _HangingConsumer(release)
+    consumer = DocumentConsumer(kafka_config("127.0.0.1:1", ("docs",)), consumer=hanging)
+    started = time.monotonic()
+    try:
+        consumer.close(timeout_s=0.5)
+        took = time.monotonic() - started
+        consumer.close(timeout_s=0.5)  # a second close does nothing
+    finally:
+        release.set()
+    assert took < 30 and hanging.closes == 1
+    assert "close did not finish within 0.5s; leaving it behind" in caplog.text

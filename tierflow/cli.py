@@ -7,9 +7,11 @@ through to Beam unchanged: anything tierflow does not know is Beam's.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -679,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return querylog_main(argv[2:])
     args, beam_args = parser().parse_known_args(argv)
+    if hasattr(signal, "SIGUSR1"):  # kill -USR1 <pid>: every thread's stack on stderr, the process goes on
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     _setup_logging(getattr(args, "verbose", False), args.log_format)
     from tierflow import metrics
 
