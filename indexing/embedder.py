@@ -1,8 +1,15 @@
-"""Sentence-transformers embedding: one model per process, on CUDA when present, with a recorded identity."""
+"""Sentence-transformers embedding: one model per process, on CUDA when present, with a recorded identity.
+
+The forward pass runs in reduced precision where the hardware computes it natively (``embedding.precision``,
+``auto`` by default): fp16 on a GPU, bf16 on CPUs with AMX or AVX-512 BF16 (Sapphire Rapids and later),
+under torch autocast, so the weights and the vectors stay float32.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -13,6 +20,7 @@ import numpy as np
 from tierflow.config import EmbeddingConfig
 from tierflow.errors import ConfigError
 
+LOG = logging.getLogger(__name__)
 _MODELS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
 _REVISIONS: dict[str, str] = {}
@@ -55,6 +63,30 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_computes_bf16() -> bool:
+    """True when this CPU has native bfloat16 matrix arithmetic (AMX tiles or AVX-512 BF16), where torch's
+    bf16 autocast is faster than float32 rather than emulated."""
+    import torch
+
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for a resolved ``device`` (see ``EmbeddingConfig.precision``).
+
+    Raises:
+        ConfigError: fp16 asked for on the CPU.
+    """
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return "fp16"
+        return "bf16" if cpu_computes_bf16() else "fp32"
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise ConfigError("embedding.precision = fp16 needs a GPU; on the CPU use bf16 or fp32")
+    return precision
+
+
 class Embedder:
     """Embeds texts with a sentence-transformers model.
 
@@ -70,6 +102,7 @@ class Embedder:
     def __init__(self, config: EmbeddingConfig) -> None:
         self.config = config
         self._model: Any = None
+        self.precision = ""  # fp32, bf16 or fp16, once warmed up
 
     def warm_up(self) -> None:
         if self._model is not None:
@@ -84,6 +117,10 @@ class Embedder:
 
                 _MODELS[key] = SentenceTransformer(str(path), device=device)
             self._model = _MODELS[key]
+        precision = resolve_precision(self.config.precision, device)
+        if precision != self.precision:
+            LOG.info("embedding: %s on %s, %s forward pass", self.config.model_name, device, precision)
+        self.precision = precision
 
     @property
     def model(self) -> Any:
@@ -115,11 +152,24 @@ class Embedder:
         """Embed ``texts`` (one call; the model sorts them by length into batches of ``batch_size``)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.config.batch_size,
-            normalize_embeddings=self.config.normalize,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        model = self.model
+        with self._autocast():
+            vectors = model.encode(
+                texts,
+                batch_size=self.config.batch_size,
+                normalize_embeddings=self.config.normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.config.normalize and self.precision != "fp32":  # unit length to float32 accuracy
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision in ("", "fp32"):
+            return contextlib.nullcontext()
+        import torch
+
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)

@@ -173,3 +173,67 @@ def bench_stream(
         f"max {lat.get('max')} s; sustained {report['throughput_docs_per_s']} docs/s.\n"
     )
     return report
+
+
+def bench_stream_curve(
+    rates: list[float], duration_s: float, out: Path, bootstrap: str | None = None
+) -> dict[str, Any]:
+    """Produce-to-searchable latency against throughput: :func:`bench_stream` at each of ``rates`` (one
+    after another, each with its own topic and index); ``bench-stream-curve.json``, ``.md`` and ``.png``.
+
+    The sustained rate stops following the offered one where the stream saturates; latency climbs there.
+    """
+    points = []
+    for number, rate in enumerate(sorted(rates), start=1):
+        print(f"[{number}/{len(rates)}] {rate:g} docs/s for {duration_s:g} s", flush=True)
+        point = bench_stream(rate, duration_s, out / f"rate-{rate:g}", bootstrap)
+        lat = point["latency_s"]
+        print(
+            f"      sustained {point['throughput_docs_per_s']} docs/s, p50 {lat.get('p50')} s, "
+            f"p99 {lat.get('p99')} s, {point['missing']} missing",
+            flush=True,
+        )
+        points.append(point)
+    report: dict[str, Any] = {"duration_s": duration_s, "points": points}
+    (out / "bench-stream-curve.json").write_text(json.dumps(report, indent=2))
+    rows = [
+        "| offered docs/s | sustained docs/s | p50 s | p95 s | p99 s | max s | micro-batches | missing |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        lat = p["latency_s"]
+        rows.append(
+            f"| {p['rate_docs_per_s']:g} | {p['throughput_docs_per_s']} | {lat.get('p50')} | {lat.get('p95')} | "
+            f"{lat.get('p99')} | {lat.get('max')} | {p['batches']} | {p['missing']} |"
+        )
+    (out / "bench-stream-curve.md").write_text(
+        f"Produce-to-searchable latency vs throughput ({duration_s:g} s per rate, one stream worker):\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+    _plot_curve(points, out / "bench-stream-curve.png")
+    return report
+
+
+def _plot_curve(points: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [p for p in points if p["latency_s"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = [p["throughput_docs_per_s"] for p in shown]
+    for key, style in (("p50", "o-"), ("p99", "s--")):
+        ax.plot(x, [p["latency_s"][key] for p in shown], style, label=key)
+    for p, sustained in zip(shown, x, strict=True):
+        ax.annotate(f"offered {p['rate_docs_per_s']:g}", (sustained, p["latency_s"]["p99"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("sustained throughput (documents/s)")
+    ax.set_ylabel("produce-to-searchable latency (s)")
+    ax.set_title("Streaming freshness vs throughput")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

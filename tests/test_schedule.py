@@ -141,9 +141,13 @@ timeout = "2m"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(r["action"] == "compact" for r in audit.read(index)):
         time.sleep(0.5)
+    proc.send_signal(signal.SIGUSR1)  # every thread's stack on stderr (faulthandler); it goes on
+    time.sleep(1)
+    assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]
+    assert "(most recent call first)" in stderr and "tierflow/schedule.py" in stderr
     compactions = [r for r in audit.read(index) if r["action"] == "compact"]
     assert len(compactions) == 1 and compactions[0]["actor"]["command"].endswith("compact")
     assert "schedule: compact next at" in stderr

@@ -404,8 +404,13 @@ def cmd_bench(args: argparse.Namespace, beam_args: list[str]) -> int:
         print(json.dumps(report, indent=2))
         return 0
     if args.kind == "stream":
-        from pipelines.bench_stream import bench_stream
+        from pipelines.bench_stream import bench_stream, bench_stream_curve
 
+        if args.rates:
+            rates = [float(rate) for rate in args.rates.split(",") if rate.strip()]
+            report = bench_stream_curve(rates, args.duration, Path(args.out), args.bootstrap)
+            print((Path(args.out) / "bench-stream-curve.md").read_text())
+            return 0
         report = bench_stream(args.rate, args.duration, Path(args.out), args.bootstrap)
         print(json.dumps(report, indent=2))
         return 0
@@ -648,6 +653,10 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("kind", nargs="?", choices=("ingest", "stream", "lifecycle"), default="ingest")
     bench.add_argument("--rate", type=float, default=50.0, help="stream: documents per second")
+    bench.add_argument(
+        "--rates",
+        help="stream: comma-separated rates, one run each: latency vs throughput (a curve and plot)",
+    )
     bench.add_argument("--duration", type=float, default=30.0, help="stream: seconds of producing")
     bench.add_argument("--bootstrap", help="stream: an existing Kafka broker (default: a local Tansu)")
     bench.add_argument("--dataset", default="../shared/data/scifact")
@@ -668,6 +677,17 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def _dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` prints every thread's stack to stderr and the process goes on (a hung
+    command shows what it waits on). Skipped where stderr is not a real file (an embedding host)."""
+    if not hasattr(signal, "SIGUSR1") or sys.__stderr__ is None:
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError and ValueError
+        return
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["eval"] and len(argv) > 1 and argv[1].startswith("--") and argv[1] != "--help":
@@ -681,8 +701,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return querylog_main(argv[2:])
     args, beam_args = parser().parse_known_args(argv)
-    if hasattr(signal, "SIGUSR1"):  # kill -USR1 <pid>: every thread's stack on stderr, the process goes on
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _dump_stacks_on_sigusr1()
     _setup_logging(getattr(args, "verbose", False), args.log_format)
     from tierflow import metrics
 
