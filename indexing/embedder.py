@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -53,6 +54,37 @@ def model_revision(path: Path) -> str:
             digest.update((path / name).read_bytes())
         _REVISIONS[key] = digest.hexdigest()[:16]
     return _REVISIONS[key]
+
+
+def declared_dimension(path: Path) -> int | None:
+    """The output dimension a sentence-transformers directory declares: the last ``Dense`` module's
+    ``out_features``, else the pooling module's ``word_embedding_dimension`` times its enabled modes; None when it declares none
+    (or has modules this cannot read, which then the loaded model answers)."""
+    modules_file = path / "modules.json"
+    if not modules_file.exists():
+        return None
+    dimension = None
+    for module in json.loads(modules_file.read_text(encoding="utf-8")):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        config_file = path / module.get("path", "") / "config.json"
+        if kind in ("Transformer", "Normalize"):
+            continue
+        if kind not in ("Pooling", "Dense") or not config_file.exists():
+            return None
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        key = "out_features" if kind == "Dense" else "word_embedding_dimension"
+        if not isinstance(config.get(key), int):
+            return None
+        # Pooling concatenates one vector per enabled mode (mean, max, cls ...).
+        modes = (
+            1
+            if kind == "Dense"
+            else sum(1 for k, v in config.items() if k.startswith("pooling_mode_") and v is True)
+        )
+        if modes == 0:
+            return None
+        dimension = int(config[key]) * modes
+    return dimension
 
 
 def resolve_device(device: str) -> str:
@@ -133,6 +165,12 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
+        """The vectors' dimension, read from the model's files when it is not loaded (a run that embeds
+        nothing, such as an unchanged re-ingest, need not load the model to record its identity)."""
+        if self._model is None:
+            declared = declared_dimension(model_dir(self.config))
+            if declared is not None:
+                return declared
         return int(self.model.get_embedding_dimension())
 
     @property
