@@ -47,7 +47,12 @@ DAG_FILE = INFRA / "airflow" / "tierflow_dag.py"
 DASHBOARD = INFRA / "grafana" / "tierflow-dashboard.json"
 BEAM_SCRIPTS = sorted((INFRA / "beam").glob("*.sh"))
 # The shell scripts of the deployment artefacts (bootstrap.sh and install-*.sh are checked by their owners).
-SHELL_SCRIPTS = [*BEAM_SCRIPTS, INFRA / "local-stack.sh", INFRA / "airflow" / "airflow-venv.sh"]
+SHELL_SCRIPTS = [
+    *BEAM_SCRIPTS,
+    INFRA / "local-stack.sh",
+    INFRA / "airflow" / "airflow-venv.sh",
+    INFRA / "bench" / "peers-venv.sh",
+]
 YAML_FILES = sorted({*INFRA.rglob("*.yaml"), *INFRA.rglob("*.yml"), REPO / ".yamllint"})
 MANIFESTS = sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # the oldest the manifests support, the newest bundled

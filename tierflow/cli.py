@@ -651,7 +651,13 @@ def parser() -> argparse.ArgumentParser:
         help="ingest: pipeline vs bare encode, same process; stream: produce-to-searchable latency; "
         "lifecycle: hot-only vs federated search latency and recall, cost of a lifecycle run",
     )
-    bench.add_argument("kind", nargs="?", choices=("ingest", "stream", "lifecycle"), default="ingest")
+    bench.add_argument(
+        "kind",
+        nargs="?",
+        choices=("ingest", "stream", "lifecycle", "peers", "search"),
+        default="ingest",
+        help="peers and search have their own options (tierflow bench peers --help)",
+    )
     bench.add_argument("--rate", type=float, default=50.0, help="stream: documents per second")
     bench.add_argument(
         "--rates",
@@ -696,6 +702,14 @@ def main(argv: list[str] | None = None) -> int:
         from evaluation.compare import compare_main
 
         return compare_main(argv[2:])
+    if argv[:2] == ["bench", "peers"]:
+        from pipelines.bench_peers import main as bench_peers_main
+
+        return bench_peers_main(argv[2:])
+    if argv[:2] == ["bench", "search"]:
+        from indexing.bench_search import main as bench_search_main
+
+        return bench_search_main(argv[2:])
     if argv[:2] == ["eval", "import-log"]:
         from evaluation.querylog import querylog_main
 
