@@ -90,10 +90,26 @@ def to_search_device(index: Any, spec: IndexSpec) -> Any:
     return faiss.index_cpu_to_gpu(resources, 0, index)
 
 
+def excluding(vector_ids: np.ndarray) -> Any:
+    """A FAISS selector that skips ``vector_ids`` (a segment's tombstones), for :func:`search_index`.
+
+    Building one hashes every id, so it is built once per tombstone array and reused by every search.
+    """
+    import faiss
+
+    return faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(vector_ids, dtype=np.int64)))
+
+
 def search_index(
-    index: Any, queries: np.ndarray, k: int, spec: IndexSpec, exclude: np.ndarray | None
+    index: Any, queries: np.ndarray, k: int, spec: IndexSpec, excluded: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` inner-product search, skipping the vector ids in ``exclude`` (tombstones) inside FAISS."""
+    """Top-``k`` inner-product search, skipping inside FAISS the vector ids the selector ``excluded``
+    (from :func:`excluding`) rejects.
+
+    An ``IndexIDMap`` is searched through its inner index and its labels are mapped here: its own search
+    maps them in an OpenMP loop that wakes every thread for each call, which costs a single query
+    milliseconds when the other cores are busy.
+    """
     import faiss
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -101,19 +117,22 @@ def search_index(
     if k <= 0:
         empty = np.zeros((len(queries), 0))
         return empty.astype(np.float32), empty.astype(np.int64)
-    selector = None
-    if exclude is not None and len(exclude):
-        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64)))
+    mapped = isinstance(index, faiss.IndexIDMap)
+    if mapped and excluded is not None:
+        excluded = faiss.IDSelectorTranslated(index.id_map, excluded)
     # Parameters are built with keyword arguments: the faiss wrapper then keeps the selector alive.
-    extra: dict[str, Any] = {"sel": selector} if selector is not None else {}
+    extra: dict[str, Any] = {"sel": excluded} if excluded is not None else {}
     if spec.type == "hnsw":
         params: Any = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
             efSearch=max(spec.ef_search, k), **extra
         )
     else:
         params = faiss.SearchParameters(**extra) if extra else None
-    scores, ids = index.search(queries, k, params=params)
-    return scores, ids
+    scores, labels = (index.index if mapped else index).search(queries, k, params=params)
+    if mapped:
+        ids = faiss.rev_swig_ptr(index.id_map.data(), index.ntotal)  # a view, not a copy
+        labels = np.where(labels >= 0, ids[labels], labels)
+    return scores, labels
 
 
 def index_vectors(index: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from indexing.durable import (
     is_disk_full,
     write_npy_durably,
 )
-from indexing.faiss_index import IndexSpec, index_vectors, search_index
+from indexing.faiss_index import IndexSpec, excluding, index_vectors, search_index
 from indexing.manifest import CURRENT, MMAP, LiveSegment, Manifest, ManifestStore
 from indexing.segment import SegmentInfo, SegmentReader, write_segment
 from tierflow.errors import DiskFull, IncompatibleIndex, IndexCorrupt
@@ -135,6 +136,8 @@ class HotIndex:
         self.store = ManifestStore(self.root)
         self._readers: dict[str, SegmentReader] = {}
         self._tombstones: dict[str, np.ndarray] = {}
+        self._selectors: dict[str, Any] = {}  # tombstone file -> the FAISS selector that skips its ids
+        self._current: tuple[tuple[str, int, int, int], Manifest] | None = None  # see manifest()
         self._docs_cache: tuple[str | None, dict[str, DocState]] | None = None
         self._cached_generation = -1  # the generation the reader caches were last pruned for
         self._writing: int | None = None  # the generation a write under the lock is building
@@ -148,15 +151,40 @@ class HotIndex:
     def manifest(self) -> Manifest:
         """The current manifest. When the generation changed since the last call, readers and tombstone
         arrays of segments it no longer names are dropped, so a long-lived process (the search service,
-        a stream) does not keep every segment that compaction or lifecycle runs retired."""
+        a stream) does not keep every segment that compaction or lifecycle runs retired.
+
+        A published manifest file is never rewritten, so the one ``CURRENT`` names is parsed (and its
+        checksum verified) once, and returned again while ``CURRENT`` names the same file, unchanged:
+        each call reads the pointer and stats that file (parsing it took a single search about 0.1 ms,
+        as long as FAISS). The manifest returned is shared: treat it as read-only.
+        """
+        key = self._current_key()
+        if key is not None and self._current is not None and self._current[0] == key:
+            return self._current[1]
         manifest = self.store.current()
+        # Kept only if it is the file that was statted (a commit in between: the next call reloads).
+        self._current = (
+            (key, manifest) if key and key[0] == self.store.file_name(manifest.generation) else None
+        )
         if manifest.generation != self._cached_generation:
             live = {seg.info.segment_id for seg in manifest.segments}
             names = {seg.tombstones for seg in manifest.segments if seg.tombstones}
             self._readers = {sid: r for sid, r in self._readers.items() if sid in live}
             self._tombstones = {name: t for name, t in self._tombstones.items() if name in names}
+            self._selectors = {name: t for name, t in self._selectors.items() if name in names}
             self._cached_generation = manifest.generation
         return manifest
+
+    def _current_key(self) -> tuple[str, int, int, int] | None:
+        """The manifest file ``CURRENT`` names, as (name, inode, size, mtime); None when there is none.
+        (``os`` rather than ``pathlib``: this runs on every search.)"""
+        try:
+            with open(os.path.join(self.root, CURRENT), "rb") as pointer:
+                name = pointer.read().decode("utf-8", "replace").strip()
+            found = os.stat(os.path.join(self.store.dir, name))
+        except (OSError, ValueError):
+            return None
+        return name, found.st_ino, found.st_size, found.st_mtime_ns
 
     def docs(self, manifest: Manifest | None = None) -> dict[str, DocState]:
         """The document table of ``manifest`` (default: current), cached per generation."""
@@ -195,24 +223,34 @@ class HotIndex:
             self._tombstones[segment.tombstones] = found
         return found
 
+    def excluded(self, segment: LiveSegment) -> Any:
+        """The FAISS selector that skips the segment's tombstoned vectors (None when it has none), built
+        once per tombstone file rather than for every search."""
+        name = segment.tombstones
+        if name is None:
+            return None
+        if name not in self._selectors:
+            dead = self.tombstones(segment)
+            self._selectors[name] = excluding(dead) if len(dead) else None
+        return self._selectors[name]
+
     def search(self, queries: np.ndarray, k: int, manifest: Manifest | None = None) -> list[list[Hit]]:
         """Top-``k`` chunks per query over all live segments, merged by score (ties: vector id)."""
         manifest = manifest or self.manifest()
         merged: list[list[Hit]] = [[] for _ in range(len(queries))]
         for live in manifest.segments:
             spec = IndexSpec.from_dict(live.info.index)
-            reader, dead = self.reader(live), self.tombstones(live)
+            reader, excluded = self.reader(live), self.excluded(live)
             # GPU flat indexes may not take ID selectors: a segment with tombstones is searched on the CPU
             # (compaction clears them). Warm segments stay memory-mapped on the CPU.
-            on_cpu = len(dead) or live.storage == MMAP
+            on_cpu = excluded is not None or live.storage == MMAP
             scores, ids = search_index(
-                reader.index if on_cpu else reader.search_index, queries, k, spec, dead
+                reader.index if on_cpu else reader.search_index, queries, k, spec, excluded
             )
-            for q in range(len(queries)):
-                merged[q].extend(
-                    Hit(float(s), int(i), live.info.segment_id, live.tier)
-                    for s, i in zip(scores[q], ids[q], strict=True)
-                    if i >= 0
+            segment_id, tier = live.info.segment_id, live.tier
+            for found, row_scores, row_ids in zip(merged, scores.tolist(), ids.tolist(), strict=True):
+                found.extend(
+                    Hit(s, i, segment_id, tier) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0
                 )
         return [sorted(hits, key=lambda h: (-h.score, h.vector_id))[:k] for hits in merged]
 

@@ -16,13 +16,15 @@ Example:
     >>> for result in searcher.search("what causes fever", k=5):
     ...     print(result.score, result.doc_id, result.text[:80])
     >>> searcher.search_many(["fever"], k=5, tiers=("hot",), where={"lang": ["en", "de"]})
+    >>> searcher.search_vectors(query_vectors, k=5)  # queries embedded already (a benchmark, a cache)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from indexing.access import AccessLog
 from indexing.cold import ColdConfig, ColdStore
 from indexing.docs_table import CANONICAL, DUPLICATE
 from indexing.embedder import Embedder
-from indexing.hot import TIERS, HotIndex
+from indexing.hot import TIERS, Hit, HotIndex
 from indexing.manifest import Manifest
 from tierflow import metrics, tracing
 from tierflow.config import EmbeddingConfig
@@ -194,14 +196,15 @@ class Searcher:
         )
         return [[ChunkHit(h.score, h.vector_id, "cold", h.row) for h in hits] for hits in found]
 
-    def _hot_hits(self, vectors: np.ndarray, k: int, manifest: Manifest) -> list[list[ChunkHit]]:
-        if not manifest.segments:
-            return [[] for _ in vectors]
-        out = []
-        for hits in self.index.search(vectors, k, manifest):
-            rows = self.index.chunk_rows(hits, manifest)
-            out.append([ChunkHit(h.score, h.vector_id, h.tier, r) for h, r in zip(hits, rows, strict=True)])
-        return out
+    def _with_rows(self, hits: Sequence[Hit | ChunkHit], manifest: Manifest) -> list[ChunkHit]:
+        """``hits`` with their rows: hot and warm ones read from their segments (in one read per segment),
+        cold ones have theirs."""
+        hot = [hit for hit in hits if isinstance(hit, Hit)]
+        rows = iter(self.index.chunk_rows(hot, manifest) if hot else [])
+        return [
+            hit if isinstance(hit, ChunkHit) else ChunkHit(hit.score, hit.vector_id, hit.tier, next(rows))
+            for hit in hits
+        ]
 
     def _metadata(self, manifest: Manifest, view: _DocView, doc_id: str) -> dict[str, Any]:
         if doc_id not in view.metadata:
@@ -219,18 +222,23 @@ class Searcher:
         """Top-``k`` chunks per query vector over hot, warm and cold (or only ``tiers``), merged by score
         (ties: vector id)."""
         manifest = manifest or self.index.manifest()
+        return [self._with_rows(hits, manifest) for hits in self._chunk_hits(vectors, k, manifest, tiers)]
+
+    def _chunk_hits(
+        self, vectors: np.ndarray, k: int, manifest: Manifest, tiers: Collection[str] | None
+    ) -> list[list[Hit | ChunkHit]]:
+        """:meth:`chunk_search` without reading the rows of hot and warm hits."""
         wanted = _tier_set(tiers)
         view = self._doc_view(manifest)
         segments = [live for live in manifest.segments if live.tier in wanted]
         searched = (
             manifest if len(segments) == len(manifest.segments) else replace(manifest, segments=segments)
         )
-        hot = self._hot_hits(vectors, k, searched)
-        cold = self._cold_hits(vectors, k, manifest, view) if "cold" in wanted else [[] for _ in vectors]
-        return [
-            sorted([*h, *c], key=lambda hit: (-hit.score, hit.vector_id))[:k]
-            for h, c in zip(hot, cold, strict=True)
-        ]
+        hot = self.index.search(vectors, k, searched) if searched.segments else [[] for _ in vectors]
+        cold: list[list[ChunkHit]] = (
+            self._cold_hits(vectors, k, manifest, view) if "cold" in wanted else [[] for _ in vectors]
+        )
+        return [_merged(h, c, k) for h, c in zip(hot, cold, strict=True)]
 
     def embed_queries(self, queries: list[str], manifest: Manifest) -> np.ndarray:
         identity = self.embedder.identity()
@@ -271,18 +279,54 @@ class Searcher:
             ValueError: ``tiers`` names a tier that does not exist, or none.
             IncompatibleIndex: The index holds vectors of another model.
         """
+        return self._search(
+            len(queries), lambda found: self.embed_queries(queries, found), k, tiers, where, manifest
+        )
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        tiers: Collection[str] | None = None,
+        where: MetadataFilter | None = None,
+        manifest: Manifest | None = None,
+    ) -> list[list[SearchResult]]:
+        """:meth:`search_many` for queries embedded already: the same search, ranking and results.
+
+        Args:
+            vectors: One normalised query vector per row, made by the index's model (not checked: the
+                caller embedded them, e.g. with :meth:`embed_queries`).
+            k, tiers, where, manifest: As for :meth:`search_many`.
+
+        Example:
+            >>> [hits] = searcher.search_vectors(searcher.embed_queries(["fever"], manifest), k=5)
+        """
+        return self._search(len(vectors), lambda _: vectors, k, tiers, where, manifest)
+
+    def _search(
+        self,
+        n_queries: int,
+        embed: Callable[[Manifest], np.ndarray],
+        k: int,
+        tiers: Collection[str] | None,
+        where: MetadataFilter | None,
+        manifest: Manifest | None,
+    ) -> list[list[SearchResult]]:
+        """One traced, timed search of ``n_queries`` queries whose vectors ``embed`` makes (called only
+        when there is something to search)."""
         searched = ",".join(t for t in TIERS if t in _tier_set(tiers))
-        attributes = {"tierflow.queries": len(queries), "tierflow.k": k, "tierflow.tiers": searched}
+        attributes = {"tierflow.queries": n_queries, "tierflow.k": k, "tierflow.tiers": searched}
         started = time.perf_counter()
         with tracing.span("tierflow.search", attributes) as span:
-            results = self._search_many(queries, k, tiers, where, manifest)
+            results = self._search_documents(n_queries, embed, k, tiers, where, manifest)
             span.set_attribute("tierflow.results", sum(len(found) for found in results))
         metrics.SEARCH_SECONDS.labels(searched).observe(time.perf_counter() - started)
         return results
 
-    def _search_many(
+    def _search_documents(
         self,
-        queries: list[str],
+        n_queries: int,
+        embed: Callable[[Manifest], np.ndarray],
         k: int,
         tiers: Collection[str] | None,
         where: MetadataFilter | None,
@@ -291,12 +335,12 @@ class Searcher:
         manifest = manifest or self.index.manifest()
         view = self._doc_view(manifest)
         if not manifest.segments and not view.cold:
-            return [[] for _ in queries]
-        vectors = self.embed_queries(queries, manifest)
-        ranked: list[list[tuple[str, ChunkHit]]] = [[] for _ in queries]
-        pending, fetch = list(range(len(queries))), k * CHUNK_FANOUT
+            return [[] for _ in range(n_queries)]
+        vectors = embed(manifest)
+        ranked: list[list[tuple[str, ChunkHit]]] = [[] for _ in range(n_queries)]
+        pending, fetch = list(range(n_queries)), k * CHUNK_FANOUT
         while pending:
-            found = self.chunk_search(vectors[pending], fetch, manifest, tiers)
+            found = self._chunk_hits(vectors[pending], fetch, manifest, tiers)
             short = []
             for q, hits in zip(pending, found, strict=True):
                 ranked[q] = self._best_documents(hits, k, manifest, view, where)
@@ -326,15 +370,47 @@ class Searcher:
         return results
 
     def _best_documents(
-        self, hits: list[ChunkHit], k: int, manifest: Manifest, view: _DocView, where: MetadataFilter | None
+        self,
+        hits: Sequence[Hit | ChunkHit],
+        k: int,
+        manifest: Manifest,
+        view: _DocView,
+        where: MetadataFilter | None,
     ) -> list[tuple[str, ChunkHit]]:
-        """The ``k`` best documents of ``hits`` (each by its best chunk) that pass ``where``."""
+        """The ``k`` best documents of ``hits`` (each by its best chunk) that pass ``where``.
+
+        ``hits`` are in score order. Their rows are read only until the answer is settled (once ``k``
+        documents are found, a chunk scoring below the ``k``-th of them cannot change it): those of the
+        first ``k`` hits, then, if need be, those of the others. Most searches read ``k`` rows, not all.
+        """
+        if k <= 0:
+            return []
         best: dict[str, ChunkHit] = {}
-        for hit in hits:
+        read: list[ChunkHit] = []
+        kth_score = -math.inf
+        for position, found in enumerate(hits):
+            if len(best) >= k and found.score < kth_score:
+                break
+            if position == len(read):
+                read.extend(self._with_rows(hits[position : k if not read else None], manifest))
+            hit = read[position]
             doc_id = hit.row["doc_id"]
             if doc_id in best or (
                 where and not metadata_matches(self._metadata(manifest, view, doc_id), where)
             ):
                 continue
             best[doc_id] = hit
+            if len(best) == k:
+                kth_score = hit.score
         return sorted(best.items(), key=lambda item: (-item[1].score, item[0]))[:k]
+
+
+def _rank(hit: Hit | ChunkHit) -> tuple[float, int]:
+    """Merge order of chunk hits: by score, best first; ties by vector id."""
+    return -hit.score, hit.vector_id
+
+
+def _merged(hot: list[Hit], cold: list[ChunkHit], k: int) -> list[Hit | ChunkHit]:
+    """The top ``k`` of both tiers' hits in :func:`_rank` order (hot hits come in that order already)."""
+    merged: list[Hit | ChunkHit] = [*hot, *cold]
+    return sorted(merged, key=_rank)[:k] if cold else merged

@@ -48,6 +48,7 @@ def build_synthetic_index(
     segment_docs: int = 50_000,
     source_system: Callable[[int], str] | None = None,
     metadata: Callable[[int], dict[str, str]] | None = None,
+    spec: IndexSpec | None = None,
 ) -> dict[int, np.ndarray]:
     """Commit ``n_docs`` documents of ``chunks_per_doc`` chunks each; returns vector id -> vector.
 
@@ -56,6 +57,7 @@ def build_synthetic_index(
         ingest_time: Per document index, its ingest time (default: 0, i.e. very old).
         segment_docs: Documents per segment (one commit each).
         source_system, metadata: Per document index, what rules can match on.
+        spec: How segments are indexed (default: exact, on the CPU).
     """
     index = HotIndex(root)
     vectors = clustered_vectors(n_docs * chunks_per_doc, dim, seed)
@@ -83,7 +85,7 @@ def build_synthetic_index(
                 picks.append(row)
                 out[vid] = vectors[row]
         info = write_segment(
-            index.segments_dir, rows, vectors[picks], IndexSpec(type="flat", use_gpu="never")
+            index.segments_dir, rows, vectors[picks], spec or IndexSpec(type="flat", use_gpu="never")
         )
         for i in docs:
             states.append(
