@@ -266,8 +266,8 @@ def run_tierflow_phase(
         "vectors": index.manifest().n_vectors,
         "counts": counts,
         "timings_ms": summary["timings_ms"],
-        "backend": getattr(embedder, "backend", "") or "torch",
-        "precision": getattr(embedder, "precision", "") or "fp32",
+        "backend": "torch",
+        "precision": embedder.precision,
         "device": embedder.device,
     }
     if dataset is not None:
