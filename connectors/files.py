@@ -142,6 +142,7 @@ class FileSplit:
             all, when planning could not read the footer); others the file size.
         mtime_ns: The file's modification time when planned, in ns.
         config: The source configuration, with ``path`` made absolute.
+        size: The file's size in bytes when planned.
 
     Example:
         >>> split = plan_splits(FileSourceConfig("docs.jsonl"))[0]
@@ -154,6 +155,7 @@ class FileSplit:
     end: int
     mtime_ns: int
     config: FileSourceConfig
+    size: int = 0
 
 
 def plan_splits(config: FileSourceConfig) -> list[FileSplit]:
@@ -266,7 +268,7 @@ def _resolve(config: FileSourceConfig, store: ObjectStore) -> list[tuple[ObjectI
 
 def _splits_of(info: ObjectInfo, fmt: str, config: FileSourceConfig, store: ObjectStore) -> list[FileSplit]:
     def split(start: int, end: int) -> FileSplit:
-        return FileSplit(info.uri, fmt, start, end, info.mtime_ns, config)
+        return FileSplit(info.uri, fmt, start, end, info.mtime_ns, config, info.size)
 
     if fmt in ("jsonl", "beir") and not store.refusal(info.uri):
         step = config.split_bytes

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -289,6 +290,8 @@ def index_items(
     shards: int,
     full_sync: frozenset[str] | None = None,
     committed_states: list[DocState] | None = None,
+    resolved: list[tuple[str, Any]] | None = None,
+    resolved_file: str | None = None,
 ) -> beam.PCollection:
     """Index ``batches`` (a PCollection of lists of parsed events and dead letters) into the hot tier.
 
@@ -300,7 +303,12 @@ def index_items(
         shards: Write shards: segments written (each by one worker).
         full_sync: Source uris a full sync covers (committed documents of them not seen are deleted).
         committed_states: The committed documents the items can touch, when the caller knows them (a
-            micro-batch: see ``pipelines.stream.committed_subset``); None reads the whole document table.
+            micro-batch: see ``pipelines.driver.committed_subset``); None reads the whole document table.
+        resolved: Commit items decided before the pipeline (``("doc", DocState)``, ``("stat", (name, n))``:
+            see ``pipelines.driver.settle``), published by the same single commit. Keep it small: it is
+            part of the pipeline's definition.
+        resolved_file: A pickle of more such items, written by the driver (:func:`write_resolved`); the
+            pipeline reads it, so the items pass as data rather than in the pipeline's definition.
 
     Returns:
         The commit step's output: one JSON line with the new generation.
@@ -408,13 +416,32 @@ def index_items(
         | "SumStats" >> beam.CombinePerKey(sum)
         | "TagStats" >> beam.Map(lambda kv: ("stat", kv))
     )
+    settled = (
+        p
+        | "Settled" >> beam.Create([("file", resolved_file)] if resolved_file else [])
+        | "ReadSettled" >> beam.FlatMap(lambda item: read_resolved(item[1]))
+    )
+    decided_before = p | "Resolved" >> beam.Create(resolved or [])
     return (
-        (written, duplicates, bumps, deletes, dead_files, stats)
+        (written, duplicates, bumps, deletes, dead_files, stats, settled, decided_before)
         | "Gather" >> beam.Flatten()
         | "OneCommit" >> beam.Map(lambda item: ("commit", item))
         | "GroupCommit" >> beam.GroupByKey()
         | "Commit" >> beam.ParDo(traced(CommitRun(config.index_dir, run, sources), parent))
     )
+
+
+def write_resolved(index_dir: str, run: RunContext, items: list[tuple[str, Any]]) -> Path:
+    """Stage commit items decided in the driver for the run's pipeline (see ``index_items``)."""
+    path = Path(index_dir) / "staging" / f"resolved-{run.run_id}.pickle"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+    return path
+
+
+def read_resolved(path: str) -> list[tuple[str, Any]]:
+    """The items :func:`write_resolved` staged (the run's own file in its own index directory)."""
+    return list(pickle.loads(Path(path).read_bytes()))
 
 
 RUNNER_ALIASES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
@@ -452,6 +479,11 @@ def run_pipeline(
             client = getattr(result, "client", None)  # the DaskRunner's connection to its scheduler
             if client is not None:
                 client.close()
+    return run_summary(config, run)
+
+
+def run_summary(config: IngestConfig, run: RunContext) -> dict[str, Any]:
+    """The run's entry in the manifest history (its commit summary)."""
     for entry in reversed(HotIndex(config.index_dir).manifest().history):
         if entry.get("run_id") == run.run_id:
             return entry

@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import apache_beam as beam
 from confluent_kafka import KafkaError
 
 from connectors.debezium import DebeziumMapping, decode_change
@@ -50,15 +49,14 @@ from connectors.kafka_client import (
 from connectors.kafka_documents import next_offsets, source_key
 from connectors.local_queue import LocalQueue
 from connectors.webhooks import decode_record
-from indexing.docs_table import CANONICAL, DUPLICATE, DocState
 from indexing.hot import HotIndex
-from pipelines.dedup import Candidate, candidate_keys, signature
-from pipelines.stages import build_run_context, index_items, run_pipeline
+from pipelines.driver import run_items
+from pipelines.stages import build_run_context
 from tierflow import metrics
 from tierflow.config import IngestConfig
 from tierflow.deadletter import DeadLetter, read_dead_letter_files
 from tierflow.errors import SourceUnavailable, TierflowError, Transient
-from tierflow.records import DocumentEvent, SourcePosition, embeddable_text
+from tierflow.records import DocumentEvent, SourcePosition
 from tierflow.streams import Batch, BatchPolicy, StreamSource
 
 LOG = logging.getLogger(__name__)
@@ -67,45 +65,6 @@ __all__ = ["Batch", "BatchPolicy", "KafkaSource", "MicroBatchStream", "QueueSour
 RETRY_BACKOFF_S = 0.5  # first wait after a transient failure; doubles per failure in a row
 RETRY_BACKOFF_MAX_S = 10.0
 OUTAGE_REMINDER_S = 30.0  # while an outage lasts, a warning with its length this often
-
-
-def committed_subset(
-    index: HotIndex, items: list[DocumentEvent | DeadLetter], config: IngestConfig
-) -> list[DocState]:
-    """The committed documents a micro-batch can touch, so that its cost does not grow with the index:
-    the batch's own documents (versions, hashes), duplicates linked to them (promotion), and canonical
-    documents sharing a content hash or an LSH band with one of its upserts (deduplication).
-
-    The stages decide exactly as they would with the whole table: documents outside this subset
-    cannot meet the batch's documents in any of its groupings.
-    """
-    docs = index.docs()
-    if not docs:
-        return []
-    events = [item for item in items if isinstance(item, DocumentEvent)]
-    ids = {event.doc_id for event in events}
-    subset = {
-        state.doc_id: state
-        for state in docs.values()
-        if state.doc_id in ids or (state.status == DUPLICATE and state.canonical_id in ids)
-    }
-    # Texts that may be (re)deduplicated: the batch's upserts and the duplicates it may promote.
-    texts = [(e.doc_id, e.content_hash, embeddable_text(e.title, e.text)) for e in events if e.op == "upsert"]
-    texts += [
-        (s.doc_id, s.content_hash, embeddable_text(s.title, s.text or ""))
-        for s in subset.values()
-        if s.status == DUPLICATE
-    ]
-    keys: set[str] = set()
-    for doc_id, digest, text in texts:
-        sig = signature(text, config.dedup) if config.dedup.near_duplicates else b""
-        keys.update(candidate_keys(Candidate(doc_id, digest, sig, False), config.dedup))
-    for state in docs.values():
-        if state.doc_id not in subset and state.status == CANONICAL and keys:
-            candidate = Candidate(state.doc_id, state.content_hash, state.minhash or b"", True)
-            if keys.intersection(candidate_keys(candidate, config.dedup)):
-                subset[state.doc_id] = state
-    return list(subset.values())
 
 
 class MicroBatchStream:
@@ -168,18 +127,8 @@ class MicroBatchStream:
             return None
         self._polled = batch
         run = build_run_context(self.config)
-        summary = run_pipeline(
-            lambda pipeline: index_items(
-                pipeline | "Batch" >> beam.Create([batch.items]),
-                self.config,
-                run,
-                batch.positions,
-                self.config.write_shards or 1,
-                committed_states=committed_subset(self.index, batch.items, self.config),
-            ),
-            self.config,
-            run,
-            self.beam_args,
+        summary = run_items(
+            batch.items, self.config, run, batch.positions, self.config.write_shards or 1, self.beam_args
         )
         files = summary.get("dead_letters", {}).get("files", [])
         self._polled, self._indexed = None, (batch, read_dead_letter_files(files) if files else [])

@@ -202,69 +202,81 @@ class CommitRun(TracedDoFn):
 
     def process(self, element: tuple[str, list[tuple[str, Any]]]):
         _, items = element
-        segments: list[SegmentInfo] = []
-        updates: list[DocState] = []
-        stats: Counter[str] = Counter()
-        dead: Counter[str] = Counter()
-        dead_files: list[str] = []
-        for kind, value in items:
-            if kind == "segment":
-                segments.append(value)
-            elif kind == "doc":
-                updates.append(value)
-            elif kind == "stat":
-                stats[value[0]] += value[1]
-            elif kind == "deadletters":
-                dead.update(value["reasons"])
-                dead_files.append(value["file"])
-        for state in updates:
-            stats[f"docs_{state.status}"] += 1
-            if state.dedup:
-                stats[f"dedup_{state.dedup}"] += 1
-        summary = {
-            "started_at": self.run.started_at,
-            "code_version": self.run.code_version,
-            "counts": {k: v for k, v in sorted(stats.items()) if not k.endswith("_ms")},
-            "timings_ms": {k[: -len("_ms")]: v for k, v in sorted(stats.items()) if k.endswith("_ms")},
-            "dead_letters": {
-                "total": sum(dead.values()),
-                "by_reason": dict(sorted(dead.items())),
-                "files": sorted(dead_files),
-            },
-            "segments_written": len(segments),
-        }
-        started = time.monotonic()
-        result = HotIndex(self.index_dir).commit(
-            CommitRequest(
-                run_id=self.run.run_id,
-                segments=segments,
-                updates=updates,
-                embedding=self.run.model,
-                chunking=self.run.chunking,
-                sources=self.sources,
-                summary=summary,
-            )
+        yield commit_items(self.index_dir, self.run, self.sources, items)
+
+
+def commit_items(
+    index_dir: str, run: RunContext, sources: dict[str, str], items: list[tuple[str, Any]]
+) -> str:
+    """Commit a run's ``(kind, value)`` items (``segment``, ``doc``, ``stat``, ``deadletters``) as one
+    generation with the run's summary; return one JSON line with the new generation.
+
+    The pipeline's commit step, and the driver's when it settled a whole run itself
+    (:func:`pipelines.driver.run_items`).
+    """
+    segments: list[SegmentInfo] = []
+    updates: list[DocState] = []
+    stats: Counter[str] = Counter()
+    dead: Counter[str] = Counter()
+    dead_files: list[str] = []
+    for kind, value in items:
+        if kind == "segment":
+            segments.append(value)
+        elif kind == "doc":
+            updates.append(value)
+        elif kind == "stat":
+            stats[value[0]] += value[1]
+        elif kind == "deadletters":
+            dead.update(value["reasons"])
+            dead_files.append(value["file"])
+    for state in updates:
+        stats[f"docs_{state.status}"] += 1
+        if state.dedup:
+            stats[f"dedup_{state.dedup}"] += 1
+    summary = {
+        "started_at": run.started_at,
+        "code_version": run.code_version,
+        "counts": {k: v for k, v in sorted(stats.items()) if not k.endswith("_ms")},
+        "timings_ms": {k[: -len("_ms")]: v for k, v in sorted(stats.items()) if k.endswith("_ms")},
+        "dead_letters": {
+            "total": sum(dead.values()),
+            "by_reason": dict(sorted(dead.items())),
+            "files": sorted(dead_files),
+        },
+        "segments_written": len(segments),
+    }
+    started = time.monotonic()
+    result = HotIndex(index_dir).commit(
+        CommitRequest(
+            run_id=run.run_id,
+            segments=segments,
+            updates=updates,
+            embedding=run.model,
+            chunking=run.chunking,
+            sources=sources,
+            summary=summary,
         )
-        doc_ids = sorted(state.doc_id for state in updates)
-        LOG.info(
-            "run %s committed generation %d: %d document(s) changed, %d stale",
-            self.run.run_id,
-            result.generation,
-            result.applied,
-            result.stale,
-            extra={
-                "run_id": self.run.run_id,
-                "generation": result.generation,
-                "documents": len(doc_ids),
-                "doc_ids": doc_ids[:LOGGED_IDS],
-                "sources": self.sources,
-            },
-        )
-        metrics.observe("commit_seconds", [time.monotonic() - started])
-        metrics.count("commits")
-        committed_at = time.time()
-        metrics.observe(
-            "freshness_seconds",
-            [committed_at - state.event_time for state in updates if state.event_time is not None],
-        )
-        yield json.dumps({"generation": result.generation, "applied": result.applied, "stale": result.stale})
+    )
+    doc_ids = sorted(state.doc_id for state in updates)
+    LOG.info(
+        "run %s committed generation %d: %d document(s) changed, %d stale",
+        run.run_id,
+        result.generation,
+        result.applied,
+        result.stale,
+        extra={
+            "run_id": run.run_id,
+            "generation": result.generation,
+            "documents": len(doc_ids),
+            "doc_ids": doc_ids[:LOGGED_IDS],
+            "sources": sources,
+        },
+    )
+    metrics.observe("commit_seconds", [time.monotonic() - started])
+    metrics.count("commits")
+    committed_at = time.time()
+    metrics.observe(
+        "freshness_seconds",
+        [committed_at - state.event_time for state in updates if state.event_time is not None],
+    )
+    return json.dumps({"generation": result.generation, "applied": result.applied, "stale": result.stale})

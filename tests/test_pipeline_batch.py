@@ -32,9 +32,14 @@ def test_rerun_embeds_nothing_edit_reembeds_one_delete_removes(tmp_path: Path) -
     assert first["counts"]["chunks_embedded"] == len(live_vectors(tmp_path / "hot")) >= len(docs)
     before = live_vectors(tmp_path / "hot")
 
+    generation = HotIndex(tmp_path / "hot").manifest().generation
     again = ingest(corpus, cfg)
-    assert again["counts"].get("chunks_embedded", 0) == 0
-    assert again["counts"]["skipped_unchanged"] == len(docs)
+    assert again["committed"] is False and again["counts"] == {"files_unchanged": 1}
+    assert HotIndex(tmp_path / "hot").manifest().generation == generation, "nothing changed: no commit"
+    # The same bytes read again (the file skip off): every document settled against the committed state.
+    reread = ingest(corpus, config(tmp_path / "hot", skip_unchanged_files=False))
+    assert reread["counts"].get("chunks_embedded", 0) == 0
+    assert reread["counts"]["skipped_unchanged"] == reread["counts"]["events_valid"] == len(docs)
     assert live_vectors(tmp_path / "hot") == before
 
     edited = [dict(d) for d in docs]

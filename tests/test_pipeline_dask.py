@@ -48,6 +48,25 @@ def test_dask_runner_matches_direct_runner_and_writers_on_both_workers_publish_o
     assert len(manifest.segments) == dask["segments_written"] >= 4, manifest.segments
     assert len(writers) == 2, f"segments written by {writers}"
 
-    rerun = ingest(corpus, config(tmp_path / "dask", write_shards=8), dask_args, split_bytes=1500)
+    rerun = ingest(
+        corpus,
+        config(tmp_path / "dask", write_shards=8, skip_unchanged_files=False, prefilter_max_bytes=0),
+        dask_args,
+        split_bytes=1500,
+    )
     assert rerun["counts"].get("chunks_embedded", 0) == 0
     assert rerun["counts"]["skipped_unchanged"] == len(docs)
+
+    # One document edited: the driver settles the others and the pipeline, on the dask workers, embeds the
+    # edited one and reads the settled states the driver staged for its commit.
+    edited = [dict(d) for d in docs]
+    edited[4]["text"] = "Dask workers embedded this edit while the driver settled the rest."
+    write_jsonl(corpus, [*edited[:10], *bad, *edited[10:]], mtime_ns=2_000)
+    third = ingest(corpus, config(tmp_path / "dask", write_shards=8), dask_args, split_bytes=1500)
+    assert third["counts"]["chunks_embedded"] == 1
+    assert third["counts"]["skipped_unchanged"] == len(docs) - 1
+    assert third["dead_letters"]["by_reason"] == {"malformed_json": 1, "missing_id": 1}
+    states = HotIndex(tmp_path / "dask").docs()
+    assert {s.version for s in states.values()} == {2_000}, "every document recorded at the file's new version"
+    assert [v for v in live_vectors(tmp_path / "dask").values() if "Dask workers embedded" in v]
+    assert not list((tmp_path / "dask" / "staging").iterdir()), "the staged settled states are removed"

@@ -49,6 +49,25 @@ def test_beam_counters_and_buckets_become_prometheus_metrics() -> None:
     assert delta("tierflow_embedding_batch_seconds_bucket", le="+Inf") == 5
 
 
+def test_outside_a_pipeline_counts_go_to_prometheus_directly() -> None:
+    """The driver settles some runs without a pipeline (pipelines.driver): its counts must not vanish."""
+    before = _samples()
+    metrics.count("commits")
+    metrics.count("stage_documents", "validate", "out", value=3)
+    metrics.observe("commit_seconds", [0.02, 0.3])
+    after = _samples()
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("tierflow_commits_total") == 1
+    assert delta("tierflow_stage_documents_total", stage="validate", outcome="out") == 3
+    assert delta("tierflow_commit_seconds_count") == 2
+    assert delta("tierflow_commit_seconds_sum") == pytest.approx(0.32)
+    assert delta("tierflow_commit_seconds_bucket", le="0.025") == 1
+
+
 def test_unknown_metric_or_wrong_labels_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown metric"):
         metrics.count("stage_documents", "embed")

@@ -83,7 +83,10 @@ def _print_run(summary: dict[str, Any], as_json: bool) -> None:
         return
     counts = summary.get("counts", {})
     dead = summary.get("dead_letters", {})
-    print(f"run {summary['run_id']} committed generation {summary['generation']}")
+    if summary.get("committed", True):
+        print(f"run {summary['run_id']} committed generation {summary['generation']}")
+    else:
+        print(f"run {summary['run_id']}: nothing changed since generation {summary['generation']}")
     for key in sorted(counts):
         print(f"  {key:<22} {counts[key]}")
     print(f"  {'dead_letters':<22} {dead.get('total', 0)}")

@@ -130,11 +130,20 @@ class IngestConfig:
         sync: ``incremental`` applies the events read; ``full`` also deletes documents of the same source
             files that the run no longer contains.
         write_shards: Segments written per run (each by one worker); 0 picks from the input size.
+        skip_unchanged_files: A batch run does not read a file whose size and modification time (and
+            the run's model, chunking, validation suite and source mapping) are what the index's last
+            commit of that file recorded.
+        prefilter_max_bytes: A batch run into a non-empty index whose changed files hold at most this
+            many bytes reads them in the driver first and settles the documents the committed state
+            already answers there (``pipelines.driver``); the rest goes through the pipeline. Larger
+            runs send every record through the pipeline. 0 turns the pre-filter off.
     """
 
     index_dir: str = "tierflow-data/hot"
     sync: str = "incremental"
     write_shards: int = 0
+    skip_unchanged_files: bool = True
+    prefilter_max_bytes: int = 64 << 20
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -144,6 +153,8 @@ class IngestConfig:
     def __post_init__(self) -> None:
         if self.sync not in ("incremental", "full"):
             raise ConfigError(f"sync must be incremental or full, got {self.sync!r}")
+        if self.prefilter_max_bytes < 0:
+            raise ConfigError(f"prefilter_max_bytes must be >= 0, got {self.prefilter_max_bytes}")
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -185,18 +185,32 @@ _SEP = "|"
 _SUM_SCALE = 1_000_000  # histogram sums cross Beam as integer microseconds
 
 
+def _in_beam() -> bool:
+    """Whether this thread runs a Beam bundle (whose counters :func:`publish` reads after the run)."""
+    from apache_beam.metrics.execution import MetricsEnvironment
+
+    return MetricsEnvironment.current_container() is not None
+
+
 def count(name: str, *labels: str, value: int = 1) -> None:
-    """Count ``value`` on a Beam counter that :func:`publish` turns into Prometheus counter ``name``."""
+    """Count ``value`` on a Beam counter that :func:`publish` turns into Prometheus counter ``name``; outside
+    a pipeline (the driver settling a run itself) on the Prometheus counter directly."""
     from apache_beam.metrics import Metrics
 
     if name not in _COUNTERS or len(labels) != len(_COUNTERS[name][1]):
         raise ValueError(f"unknown metric {name!r} with labels {labels!r}")
-    if value:
+    if not value:
+        return
+    if _in_beam():
         Metrics.counter(NAMESPACE, _SEP.join((name, *labels))).inc(value)
+    else:
+        metric = _COUNTERS[name][0]
+        (metric.labels(*labels) if labels else metric).inc(value)
 
 
 def observe(name: str, values: Iterable[float]) -> None:
-    """Observe ``values`` on histogram ``name``: one Beam counter per bucket, plus count and sum."""
+    """Observe ``values`` on histogram ``name``: one Beam counter per bucket, plus count and sum (outside a
+    pipeline: on the histogram directly)."""
     from apache_beam.metrics import Metrics
 
     bounds = _HISTOGRAMS[name].bounds
@@ -209,6 +223,9 @@ def observe(name: str, values: Iterable[float]) -> None:
         total += value
         number += 1
     if not number:
+        return
+    if not _in_beam():
+        _HISTOGRAMS[name].add({i: hits for i, hits in enumerate(buckets) if hits}, total)
         return
     for i, hits in enumerate(buckets):
         if hits:
