@@ -58,8 +58,8 @@ class EmbeddingConfig:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         batch_size: Texts per forward pass.
         normalize: L2-normalise vectors (inner product = cosine).
-        precision: The forward pass's arithmetic (weights stay float32, vectors come out float32):
-            ``fp32``; ``bf16`` (torch autocast: fast on CPUs with AMX or AVX-512 BF16, and on GPUs);
+        precision: The forward pass's arithmetic (the weights are cast to it; vectors come out float32):
+            ``fp32``; ``bf16`` (weights cast to bfloat16: fast on CPUs with AMX or AVX-512 BF16, and on GPUs);
             ``fp16`` (GPU only); ``auto``: fp16 on a GPU, bf16 on a CPU that computes it natively,
             fp32 otherwise. The vectors of bf16/fp16 runs differ from fp32 ones by a cosine of about
             1e-4 (``tierflow bench peers`` reports the retrieval scores of both).
