@@ -8,14 +8,16 @@ query set (perturbed copies of stored vectors):
    segment (:func:`lifecycle.synthetic.build_synthetic_index`); the exact top 10 of every query comes from
    a float32 brute-force scan.
 2. **sides**: *tierflow* is :meth:`~indexing.search.Searcher.search_vectors`, the search ``tierflow search``
-   and ``tierflow serve`` run once a query is embedded (the manifest read on every query, FAISS, tombstone
-   selectors, chunk rows, documents ranked by their best chunk, results with text, lineage and metadata);
+   and ``tierflow serve`` run once a query is embedded (the manifest checked on every query, FAISS,
+   tombstone selectors, chunk rows, documents ranked by their best chunk, results with text, lineage and
+   metadata);
    *tierflow, memory-mapped* is the same over the warm tier's storage; *bare FAISS* is the segment's
    ``index.faiss`` read with ``faiss.read_index`` and queried with ``index.search`` (k = 10).
 3. **sweep**: Recall@10 and latency of every side at each efSearch of :data:`EF_SWEEP`; the benchmark
    settles on the smallest one at which both tierflow and bare FAISS reach :data:`TARGET_RECALL` and
-   search with the same efSearch (tierflow asks FAISS for ``k × CHUNK_FANOUT`` chunks and searches with at
-   least that efSearch).
+   search with the same efSearch (tierflow searches with at least the efSearch of a ``k × CHUNK_FANOUT``
+   chunk fetch: it asks FAISS for the first ``k + 1`` of those chunks, and for all of them when the first
+   do not settle the top ``k`` documents).
 4. **single queries** at that efSearch, one query per call as a service searches: the sides take turns
    in rounds (the side that starts alternates) so that the shared machine's noise falls on all of them;
    FAISS runs on one thread here (see :func:`_timed_rounds`). p50/p99 and QPS per side, and the QPS ratio
@@ -168,7 +170,7 @@ class Sides:
         self._tuned.clear()
 
     def _manifest(self, side: str) -> Manifest:
-        # Every query reads CURRENT, as `tierflow search` and the service do; the copy at the efSearch is
+        # Every query checks CURRENT, as `tierflow search` and the service do; the copy at the efSearch is
         # made once per committed manifest.
         committed = self.searchers[side].index.manifest()
         found = self._tuned.get(side)
@@ -212,7 +214,7 @@ def _timed_rounds(
     FAISS runs on ``threads`` threads (None: as many as it would). One by default: a single query uses one
     anyway, and an ``IndexIDMap``'s own search wakes every OpenMP thread to map ten labels, which on a
     busy machine costs milliseconds of waiting (tierflow maps them itself:
-    :func:`~indexing.faiss_index.search_index`). :data:`DEFAULT_THREAD_ROUNDS` rounds measure that too.
+    :class:`~indexing.faiss_index.PreparedSearch`). :data:`DEFAULT_THREAD_ROUNDS` rounds measure that too.
     """
     import faiss
 

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from itertools import repeat
+from operator import gt
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +32,17 @@ from indexing.durable import (
     is_disk_full,
     write_npy_durably,
 )
-from indexing.faiss_index import IndexSpec, excluding, index_vectors, search_index
+from indexing.faiss_index import IndexSpec, PreparedSearch, excluding, index_vectors
 from indexing.manifest import CURRENT, MMAP, LiveSegment, Manifest, ManifestStore
-from indexing.segment import SegmentInfo, SegmentReader, write_segment
+from indexing.segment import ChunkColumns, SegmentInfo, SegmentReader, write_segment
 from tierflow.errors import DiskFull, IncompatibleIndex, IndexCorrupt
 from tierflow.records import chunk_id, vector_id
 
 LOG = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 50
+POINTER_SETTLED_NS = 2_000_000_000  # CURRENT older than this when read: one stat tells it is unchanged
+MAX_PREPARED_SEARCHES = 256  # prepared segment searches kept (one per segment, tombstone file, efSearch)
 HOT, WARM, COLD = "hot", "warm", "cold"
 TIERS = (HOT, WARM, COLD)
 
@@ -117,6 +121,106 @@ class Hit:
     tier: str = "hot"
 
 
+Candidate = tuple[float, int, int, Any]
+"""A chunk a search found: (score, vector id, source, row). For a hot or warm chunk the source is its
+segment's position in the segments searched and the row its row number in that segment's chunk table
+(:class:`~indexing.segment.ChunkColumns`); a search over more tiers may add its own (the cold tier: source
+-1, the row itself as a dict)."""
+
+
+@dataclass(frozen=True)
+class SearchedSegment:
+    """One live segment as searches use it: its reader, and its FAISS search prepared for one tombstone
+    file and efSearch (see :meth:`HotIndex.searched_segment`).
+
+    Example:
+        >>> segment = hot.searched_segment(hot.manifest().segments[0], ef_search=40)
+        >>> scores, positions = segment.prepared.search(queries, 11)
+        >>> entries = [segment.columns.entries[row] for row in segment.rows(positions)[0] if row >= 0]
+    """
+
+    segment_id: str
+    tier: str
+    reader: SegmentReader
+    prepared: PreparedSearch
+
+    @property
+    def columns(self) -> ChunkColumns:
+        """The segment's chunk rows (read from its chunk table on first use)."""
+        return self.reader.columns
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The chunk rows of the positions a search of :attr:`prepared` returned (-1 stays -1)."""
+        if self.prepared.id_map is None:  # not an IndexIDMap: its labels are the vector ids
+            return self.reader.columns.rows_of(positions)
+        mapping = self.reader.label_rows()
+        return positions if mapping is None else np.where(positions >= 0, mapping[positions], -1)
+
+
+def chunk_order(hit: Candidate) -> tuple[float, int]:
+    """Merge order of chunks: by score, best first; ties by vector id."""
+    return -hit[0], hit[1]
+
+
+def _segment_candidates(
+    scores: list[float], rows: list[int], vector_ids: tuple[int, ...], source: int
+) -> list[Candidate]:
+    """One query's chunks from one segment (FAISS's scores and the rows of its labels, -1 where it found
+    fewer than asked) in :func:`chunk_order` order."""
+    if -1 in rows:
+        kept = [i for i, row in enumerate(rows) if row >= 0]
+        scores, rows = [scores[i] for i in kept], [rows[i] for i in kept]
+    hits = list(zip(scores, map(vector_ids.__getitem__, rows), repeat(source), rows))
+    # FAISS gives them best first: only equal scores (or an order it did not keep) need sorting.
+    if not all(map(gt, scores, scores[1:])):
+        hits.sort(key=chunk_order)
+    return hits
+
+
+def search_segments(searched: list[SearchedSegment], queries: np.ndarray, k: int) -> list[list[Candidate]]:
+    """The top-``k`` chunks per query over the segments ``searched`` (prepared by
+    :meth:`HotIndex.searched_segment`), merged by score (ties: vector id); sources are positions in
+    ``searched``. Reads each segment's chunk table on first use."""
+    found: list[list[Candidate]] | None = None
+    for g, segment in enumerate(searched):
+        scores, positions = segment.prepared.search(queries, k)
+        if not positions.shape[1]:
+            continue
+        vector_ids = segment.columns.vector_id_values
+        mine = [
+            _segment_candidates(query_scores, rows, vector_ids, g)
+            for query_scores, rows in zip(scores.tolist(), segment.rows(positions).tolist(), strict=True)
+        ]
+        if found is None:
+            found = mine
+            continue
+        for hits, more in zip(found, mine, strict=True):
+            hits.extend(more)
+            hits.sort(key=chunk_order)  # stable: equal chunks keep the order of the segments
+            del hits[k:]
+    return found if found is not None else [[] for _ in range(len(queries))]
+
+
+@dataclass(frozen=True)
+class _Current:
+    """The manifest :meth:`HotIndex.manifest` returned last: its file as (name, inode, size, mtime), the
+    ``CURRENT`` pointer it was read through (:func:`_stat_key`), and when that was (``time.time_ns``)."""
+
+    key: tuple[str, int, int, int]
+    pointer: tuple[int, int, int, int, int] | None
+    checked_at: int
+    manifest: Manifest
+
+
+def _stat_key(path: str) -> tuple[int, int, int, int, int] | None:
+    """(inode, device, size, mtime, ctime) of ``path``; None when it cannot be statted."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_ino, found.st_dev, found.st_size, found.st_mtime_ns, found.st_ctime_ns
+
+
 def doc_vector_ids(doc_id: str, n_chunks: int) -> list[int]:
     """The FAISS ids of a document's chunks (ordinals ``0..n_chunks-1``)."""
     return [vector_id(chunk_id(doc_id, i)) for i in range(n_chunks)]
@@ -134,10 +238,13 @@ class HotIndex:
         self.root = Path(root)
         self.mmap = mmap
         self.store = ManifestStore(self.root)
+        self._pointer_path = os.path.join(self.root, CURRENT)
+        self._manifests_dir = os.path.join(self.store.dir, "")
         self._readers: dict[str, SegmentReader] = {}
         self._tombstones: dict[str, np.ndarray] = {}
         self._selectors: dict[str, Any] = {}  # tombstone file -> the FAISS selector that skips its ids
-        self._current: tuple[tuple[str, int, int, int], Manifest] | None = None  # see manifest()
+        self._searched: dict[tuple[Any, ...], SearchedSegment] = {}  # see searched_segment()
+        self._current: _Current | None = None  # see manifest()
         self._docs_cache: tuple[str | None, dict[str, DocState]] | None = None
         self._cached_generation = -1  # the generation the reader caches were last pruned for
         self._writing: int | None = None  # the generation a write under the lock is building
@@ -149,22 +256,32 @@ class HotIndex:
         return self.root / "segments"
 
     def manifest(self) -> Manifest:
-        """The current manifest. When the generation changed since the last call, readers and tombstone
-        arrays of segments it no longer names are dropped, so a long-lived process (the search service,
-        a stream) does not keep every segment that compaction or lifecycle runs retired.
+        """The current manifest. When the generation changed since the last call, readers, tombstone
+        arrays and prepared searches of segments it no longer names are dropped, so a long-lived process
+        (the search service, a stream) does not keep every segment that compaction or lifecycle runs
+        retired.
 
         A published manifest file is never rewritten, so the one ``CURRENT`` names is parsed (and its
-        checksum verified) once, and returned again while ``CURRENT`` names the same file, unchanged:
-        each call reads the pointer and stats that file (parsing it took a single search about 0.1 ms,
-        as long as FAISS). The manifest returned is shared: treat it as read-only.
+        checksum verified) once, and returned again while ``CURRENT`` names the same file, unchanged
+        (parsing it took a single search about 0.1 ms, as long as FAISS). Finding that out costs one
+        ``stat`` of ``CURRENT`` (see :meth:`_unchanged`), else reading it and statting the file
+        it names. The manifest returned is shared: treat it as read-only.
         """
+        unchanged = self._unchanged()
+        if unchanged is not None:
+            return unchanged
+        checked_at = time.time_ns()
+        pointer = _stat_key(self._pointer_path)
         key = self._current_key()
-        if key is not None and self._current is not None and self._current[0] == key:
-            return self._current[1]
+        if key is not None and self._current is not None and self._current.key == key:
+            self._current = replace(self._current, pointer=pointer, checked_at=checked_at)
+            return self._current.manifest
         manifest = self.store.current()
         # Kept only if it is the file that was statted (a commit in between: the next call reloads).
         self._current = (
-            (key, manifest) if key and key[0] == self.store.file_name(manifest.generation) else None
+            _Current(key, pointer, checked_at, manifest)
+            if key and key[0] == self.store.file_name(manifest.generation)
+            else None
         )
         if manifest.generation != self._cached_generation:
             live = {seg.info.segment_id for seg in manifest.segments}
@@ -172,16 +289,37 @@ class HotIndex:
             self._readers = {sid: r for sid, r in self._readers.items() if sid in live}
             self._tombstones = {name: t for name, t in self._tombstones.items() if name in names}
             self._selectors = {name: t for name, t in self._selectors.items() if name in names}
+            self._searched = {key: found for key, found in self._searched.items() if key[0] in live}
             self._cached_generation = manifest.generation
         return manifest
 
+    def _unchanged(self) -> Manifest | None:
+        """The manifest returned last, if ``CURRENT`` is the very file it was read through (the same
+        inode, size, mtime and ctime) and that file was already older than :data:`POINTER_SETTLED_NS`
+        when it was read; else None.
+
+        ``CURRENT`` is replaced by a rename, and a new file can get the inode of a just-deleted one, with
+        the same size and, within a clock tick (or a file system's timestamp granularity: up to 2 s), the
+        same times. A file written after one that was that old when it was read cannot have its times,
+        so one ``stat`` tells; a pointer younger than that is read again.
+        """
+        current = self._current
+        if current is None or current.pointer is None:
+            return None
+        if current.checked_at - max(current.pointer[3:]) < POINTER_SETTLED_NS:
+            return None
+        return current.manifest if _stat_key(self._pointer_path) == current.pointer else None
+
     def _current_key(self) -> tuple[str, int, int, int] | None:
         """The manifest file ``CURRENT`` names, as (name, inode, size, mtime); None when there is none.
-        (``os`` rather than ``pathlib``: this runs on every search.)"""
+        (``os`` calls rather than ``open()`` and ``pathlib``: a file object alone costs some 5 µs.)"""
         try:
-            with open(os.path.join(self.root, CURRENT), "rb") as pointer:
-                name = pointer.read().decode("utf-8", "replace").strip()
-            found = os.stat(os.path.join(self.store.dir, name))
+            pointer = os.open(self._pointer_path, os.O_RDONLY)
+            try:
+                name = os.read(pointer, 256).decode("utf-8", "replace").strip()
+            finally:
+                os.close(pointer)
+            found = os.stat(self._manifests_dir + name)
         except (OSError, ValueError):
             return None
         return name, found.st_ino, found.st_size, found.st_mtime_ns
@@ -234,23 +372,49 @@ class HotIndex:
             self._selectors[name] = excluding(dead) if len(dead) else None
         return self._selectors[name]
 
+    def searched_segment(self, live: LiveSegment, ef_search: int = 0) -> SearchedSegment:
+        """``live`` prepared for searches with an efSearch of at least ``ef_search``: its reader, the
+        selector of its tombstones, and FAISS's search parameters, built once per tombstone file and
+        efSearch rather than for every search (dropped with the segment's reader).
+
+        GPU flat indexes may not take ID selectors: a segment with tombstones is searched on the CPU
+        (compaction clears them). Warm segments stay memory-mapped on the CPU.
+        """
+        settings = live.info.index
+        key = (
+            live.info.segment_id,
+            live.tombstones,
+            live.storage,
+            settings.get("type"),
+            settings.get("ef_search"),
+            settings.get("use_gpu"),
+            ef_search,
+        )
+        found = self._searched.get(key)
+        if found is None:
+            spec = IndexSpec.from_dict(settings)
+            reader, excluded = self.reader(live), self.excluded(live)
+            on_cpu = excluded is not None or live.storage == MMAP
+            index = reader.index if on_cpu else reader.search_index
+            prepared = PreparedSearch(index, spec.type, max(spec.ef_search, ef_search), excluded)
+            found = SearchedSegment(live.info.segment_id, live.tier, reader, prepared)
+            if len(self._searched) >= MAX_PREPARED_SEARCHES:  # many efSearch values (a benchmark's sweep)
+                self._searched.clear()
+            self._searched[key] = found
+        return found
+
     def search(self, queries: np.ndarray, k: int, manifest: Manifest | None = None) -> list[list[Hit]]:
         """Top-``k`` chunks per query over all live segments, merged by score (ties: vector id)."""
         manifest = manifest or self.manifest()
         merged: list[list[Hit]] = [[] for _ in range(len(queries))]
         for live in manifest.segments:
-            spec = IndexSpec.from_dict(live.info.index)
-            reader, excluded = self.reader(live), self.excluded(live)
-            # GPU flat indexes may not take ID selectors: a segment with tombstones is searched on the CPU
-            # (compaction clears them). Warm segments stay memory-mapped on the CPU.
-            on_cpu = excluded is not None or live.storage == MMAP
-            scores, ids = search_index(
-                reader.index if on_cpu else reader.search_index, queries, k, spec, excluded
-            )
-            segment_id, tier = live.info.segment_id, live.tier
+            segment = self.searched_segment(live, k)
+            scores, ids = segment.prepared.search(queries, k, ids=True)
             for found, row_scores, row_ids in zip(merged, scores.tolist(), ids.tolist(), strict=True):
                 found.extend(
-                    Hit(s, i, segment_id, tier) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0
+                    Hit(s, i, segment.segment_id, segment.tier)
+                    for s, i in zip(row_scores, row_ids, strict=True)
+                    if i >= 0
                 )
         return [sorted(hits, key=lambda h: (-h.score, h.vector_id))[:k] for hits in merged]
 
@@ -258,14 +422,11 @@ class HotIndex:
         """Chunk metadata (text, doc id, lineage ...) for ``hits``, in the same order."""
         manifest = manifest or self.manifest()
         infos = {live.info.segment_id: live for live in manifest.segments}
-        by_segment: dict[str, list[int]] = {}
+        out = []
         for hit in hits:
-            by_segment.setdefault(hit.segment_id, []).append(hit.vector_id)
-        found: dict[tuple[str, int], dict[str, Any]] = {}
-        for seg_id, ids in by_segment.items():
-            for vid, row in zip(ids, self.reader(infos[seg_id]).rows(ids), strict=True):
-                found[(seg_id, vid)] = row
-        return [found[(hit.segment_id, hit.vector_id)] for hit in hits]
+            columns = self.reader(infos[hit.segment_id]).columns
+            out.append(columns.row(columns.row_of(hit.vector_id)))
+        return out
 
     def find_vector(self, vid: int, manifest: Manifest | None = None) -> dict[str, Any] | None:
         """The live chunk row holding FAISS id ``vid``, with its segment id, or None."""
@@ -273,12 +434,13 @@ class HotIndex:
         for live in manifest.segments:
             if vid in set(self.tombstones(live).tolist()):
                 continue
-            reader = self.reader(live)
-            ids = reader.chunks.column("vector_id").to_pylist()
-            if vid in ids:
-                row = reader.rows([vid])[0]
-                row["segment_id"] = live.info.segment_id
-                return row
+            columns = self.reader(live).columns
+            try:
+                row = columns.row(columns.row_of(vid))
+            except KeyError:
+                continue
+            row["segment_id"] = live.info.segment_id
+            return row
         return None
 
     # ---- writing -------------------------------------------------------------------------------

@@ -24,19 +24,23 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from itertools import repeat
+from operator import gt, itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from opentelemetry import trace
 
 from indexing.access import AccessLog
 from indexing.cold import ColdConfig, ColdStore
-from indexing.docs_table import CANONICAL, DUPLICATE
+from indexing.docs_table import CANONICAL, DUPLICATE, DocState
 from indexing.embedder import Embedder
-from indexing.hot import TIERS, Hit, HotIndex
+from indexing.hot import COLD, TIERS, Candidate, HotIndex, SearchedSegment, chunk_order, search_segments
 from indexing.manifest import Manifest
+from indexing.segment import Entry
 from tierflow import metrics, tracing
 from tierflow.config import EmbeddingConfig
 from tierflow.errors import IncompatibleIndex
@@ -76,13 +80,37 @@ def _same_json(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+ALL_TIERS = frozenset(TIERS)
+
+
 def _tier_set(tiers: Collection[str] | None) -> frozenset[str]:
     if tiers is None:
-        return frozenset(TIERS)
+        return ALL_TIERS
     unknown = sorted(set(tiers) - set(TIERS))
     if unknown or not tiers:
         raise ValueError(f"tiers must be a non-empty subset of {list(TIERS)}, got {sorted(tiers)}")
     return frozenset(tiers)
+
+
+class _ParsedOnRead:
+    """A dataclass field holding a JSON object: set to a dict, or to JSON text, which is parsed into a new
+    dict the first time the field is read. A result carries its chunk's lineage, and most callers never
+    read it: parsing the lineage of ten results took a query some 20 µs."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attribute = f"_{name}"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            raise AttributeError(self.attribute)  # no default: dataclasses make the field a required argument
+        value = getattr(obj, self.attribute)
+        if isinstance(value, str):
+            value = json.loads(value)
+            setattr(obj, self.attribute, value)
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj, self.attribute, value)
 
 
 @dataclass
@@ -95,12 +123,18 @@ class SearchResult:
     chunk_id: str
     vector_id: int
     tier: str
-    lineage: dict[str, Any]
+    lineage: dict[str, Any] = _ParsedOnRead()  # type: ignore[assignment]
     duplicates: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+Picked = tuple[Entry, float, str]
+"""A document's best chunk as search returns it: what it reads of the chunk's row (a segment's
+:attr:`~indexing.segment.ChunkColumns.entries`: doc id, vector id, chunk id, text, lineage), its score and
+its tier."""
 
 
 @dataclass(frozen=True)
@@ -113,14 +147,34 @@ class ChunkHit:
     row: dict[str, Any]
 
 
+class _MetadataCache(dict[str, dict[str, Any]]):
+    """Document id -> its metadata, parsed from the document table on first use (an absent document has
+    none). Looked up as ``cache[doc_id]``: a hit stays in C. Search hands out copies: documents without
+    metadata share one empty dict."""
+
+    def __init__(self, docs: Mapping[str, DocState]) -> None:
+        super().__init__()
+        self.docs = docs
+
+    def __missing__(self, doc_id: str) -> dict[str, Any]:
+        state = self.docs.get(doc_id)
+        found: dict[str, Any] = json.loads(state.metadata or "{}") if state is not None else {}
+        self[doc_id] = found = found or _NO_METADATA
+        return found
+
+
+_NO_METADATA: dict[str, Any] = {}
+
+
 @dataclass
 class _DocView:
-    """What search derives from one document table: duplicate links and the cold tier's live batches."""
+    """What search derives from one document table: duplicate links, the cold tier's live batches, and
+    each document's metadata."""
 
     docs_file: str | None
     linked: dict[str, list[str]]
     cold: dict[str, str]  # doc id -> batch
-    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)  # parsed on first use, per doc
+    metadata: _MetadataCache
 
     @property
     def batches(self) -> list[str]:
@@ -151,6 +205,8 @@ class Searcher:
         self.access = AccessLog(Path(index.root)) if track_access else None
         self._view: _DocView | None = None
         self._cold: ColdStore | None = None
+        # The hot and warm segments last searched: (manifest, tiers, efSearch, segments prepared).
+        self._searched: tuple[Manifest, frozenset[str], int, list[SearchedSegment]] | None = None
 
     def warm_up(self) -> None:
         self.embedder.warm_up()
@@ -164,12 +220,15 @@ class Searcher:
         if self._view is None or self._view.docs_file != manifest.docs_file:
             linked: dict[str, list[str]] = {}
             cold: dict[str, str] = {}
-            for state in self.index.docs(manifest).values():
+            docs = self.index.docs(manifest)
+            for state in docs.values():
                 if state.status == DUPLICATE and state.canonical_id:
                     linked.setdefault(state.canonical_id, []).append(state.doc_id)
                 elif state.status == CANONICAL and state.cold_batch:
                     cold[state.doc_id] = state.cold_batch
-            self._view = _DocView(manifest.docs_file, {k: sorted(v) for k, v in linked.items()}, cold)
+            self._view = _DocView(
+                manifest.docs_file, {k: sorted(v) for k, v in linked.items()}, cold, _MetadataCache(docs)
+            )
         return self._view
 
     def cold_store(self, manifest: Manifest) -> ColdStore | None:
@@ -196,22 +255,6 @@ class Searcher:
         )
         return [[ChunkHit(h.score, h.vector_id, "cold", h.row) for h in hits] for hits in found]
 
-    def _with_rows(self, hits: Sequence[Hit | ChunkHit], manifest: Manifest) -> list[ChunkHit]:
-        """``hits`` with their rows: hot and warm ones read from their segments (in one read per segment),
-        cold ones have theirs."""
-        hot = [hit for hit in hits if isinstance(hit, Hit)]
-        rows = iter(self.index.chunk_rows(hot, manifest) if hot else [])
-        return [
-            hit if isinstance(hit, ChunkHit) else ChunkHit(hit.score, hit.vector_id, hit.tier, next(rows))
-            for hit in hits
-        ]
-
-    def _metadata(self, manifest: Manifest, view: _DocView, doc_id: str) -> dict[str, Any]:
-        if doc_id not in view.metadata:
-            state = self.index.docs(manifest).get(doc_id)
-            view.metadata[doc_id] = json.loads(state.metadata or "{}") if state is not None else {}
-        return view.metadata[doc_id]
-
     def chunk_search(
         self,
         vectors: np.ndarray,
@@ -222,23 +265,44 @@ class Searcher:
         """Top-``k`` chunks per query vector over hot, warm and cold (or only ``tiers``), merged by score
         (ties: vector id)."""
         manifest = manifest or self.index.manifest()
-        return [self._with_rows(hits, manifest) for hits in self._chunk_hits(vectors, k, manifest, tiers)]
+        found, searched = self._candidates(vectors, k, manifest, self._doc_view(manifest), _tier_set(tiers))
+        return [
+            [
+                ChunkHit(score, vid, searched[source].tier, searched[source].columns.row(row))
+                if source >= 0
+                else ChunkHit(score, vid, COLD, row)
+                for score, vid, source, row in hits
+            ]
+            for hits in found
+        ]
 
-    def _chunk_hits(
-        self, vectors: np.ndarray, k: int, manifest: Manifest, tiers: Collection[str] | None
-    ) -> list[list[Hit | ChunkHit]]:
-        """:meth:`chunk_search` without reading the rows of hot and warm hits."""
-        wanted = _tier_set(tiers)
-        view = self._doc_view(manifest)
-        segments = [live for live in manifest.segments if live.tier in wanted]
-        searched = (
-            manifest if len(segments) == len(manifest.segments) else replace(manifest, segments=segments)
-        )
-        hot = self.index.search(vectors, k, searched) if searched.segments else [[] for _ in vectors]
-        cold: list[list[ChunkHit]] = (
-            self._cold_hits(vectors, k, manifest, view) if "cold" in wanted else [[] for _ in vectors]
-        )
-        return [_merged(h, c, k) for h, c in zip(hot, cold, strict=True)]
+    def _searched_segments(
+        self, manifest: Manifest, wanted: frozenset[str], ef_search: int
+    ) -> list[SearchedSegment]:
+        """The live segments of ``manifest`` in the ``wanted`` tiers, prepared for searches of at least
+        ``ef_search`` (the last ones asked for are kept: a manifest is shared and read-only)."""
+        last = self._searched
+        if last is not None and last[0] is manifest and last[1] == wanted and last[2] == ef_search:
+            return last[3]
+        searched = [
+            self.index.searched_segment(live, ef_search) for live in manifest.segments if live.tier in wanted
+        ]
+        self._searched = (manifest, wanted, ef_search, searched)
+        return searched
+
+    def _candidates(
+        self, vectors: np.ndarray, k: int, manifest: Manifest, view: _DocView, wanted: frozenset[str]
+    ) -> tuple[list[list[Candidate]], list[SearchedSegment]]:
+        """The top-``k`` chunks per query vector over the ``wanted`` tiers, merged by score (ties: vector
+        id), and the hot and warm segments searched (what the chunks' sources point at)."""
+        searched = self._searched_segments(manifest, wanted, k)
+        found = search_segments(searched, vectors, k) if searched else [[] for _ in range(len(vectors))]
+        if COLD in wanted and view.cold:
+            for q, cold in enumerate(self._cold_hits(vectors, k, manifest, view)):
+                if cold:
+                    merged = [*found[q], *((hit.score, hit.vector_id, -1, hit.row) for hit in cold)]
+                    found[q] = sorted(merged, key=chunk_order)[:k]
+        return found, searched
 
     def embed_queries(self, queries: list[str], manifest: Manifest) -> np.ndarray:
         identity = self.embedder.identity()
@@ -314,13 +378,16 @@ class Searcher:
     ) -> list[list[SearchResult]]:
         """One traced, timed search of ``n_queries`` queries whose vectors ``embed`` makes (called only
         when there is something to search)."""
-        searched = ",".join(t for t in TIERS if t in _tier_set(tiers))
-        attributes = {"tierflow.queries": n_queries, "tierflow.k": k, "tierflow.tiers": searched}
+        searched = _SEARCHED_ALL if tiers is None else ",".join(t for t in TIERS if t in _tier_set(tiers))
         started = time.perf_counter()
-        with tracing.span("tierflow.search", attributes) as span:
+        if _tracing_off():  # a span that nothing records still costs a search some 10 µs
             results = self._search_documents(n_queries, embed, k, tiers, where, manifest)
-            span.set_attribute("tierflow.results", sum(len(found) for found in results))
-        metrics.SEARCH_SECONDS.labels(searched).observe(time.perf_counter() - started)
+        else:
+            attributes = {"tierflow.queries": n_queries, "tierflow.k": k, "tierflow.tiers": searched}
+            with tracing.span("tierflow.search", attributes) as span:
+                results = self._search_documents(n_queries, embed, k, tiers, where, manifest)
+                span.set_attribute("tierflow.results", sum(len(found) for found in results))
+        _search_seconds(searched).observe(time.perf_counter() - started)
         return results
 
     def _search_documents(
@@ -336,81 +403,153 @@ class Searcher:
         view = self._doc_view(manifest)
         if not manifest.segments and not view.cold:
             return [[] for _ in range(n_queries)]
+        wanted = _tier_set(tiers)
         vectors = embed(manifest)
-        ranked: list[list[tuple[str, ChunkHit]]] = [[] for _ in range(n_queries)]
-        pending, fetch = list(range(n_queries)), k * CHUNK_FANOUT
+        results: list[list[SearchResult] | None] = [None] * n_queries
+        fetch = k * CHUNK_FANOUT
+        if k > 0 and k + 1 < fetch and not where and not (COLD in wanted and view.cold):
+            searched = self._searched_segments(manifest, wanted, fetch)
+            if len(searched) == 1:
+                self._first_chunks(vectors, k, searched[0], view, results)
+            elif searched:
+                self._first_candidates(vectors, k, searched, view, results)
+        pending = [q for q, found in enumerate(results) if found is None] if None in results else []
         while pending:
-            found = self._chunk_hits(vectors[pending], fetch, manifest, tiers)
+            batch = vectors if len(pending) == n_queries else vectors[pending]
+            found, searched = self._candidates(batch, fetch, manifest, view, wanted)
             short = []
             for q, hits in zip(pending, found, strict=True):
-                ranked[q] = self._best_documents(hits, k, manifest, view, where)
+                documents, _ = self._best_documents(hits, k, view, where, searched)
+                results[q] = self._results(documents, view)
                 # Fewer chunks than asked for means every tier is exhausted.
-                if where and len(ranked[q]) < k and len(hits) >= fetch and fetch < FILTER_MAX_CHUNKS:
+                if where and len(documents) < k and len(hits) >= fetch and fetch < FILTER_MAX_CHUNKS:
                     short.append(q)
             pending, fetch = short, min(fetch * FILTER_GROWTH, FILTER_MAX_CHUNKS)
-        results = [
-            [
-                SearchResult(
-                    doc_id=doc_id,
-                    score=hit.score,
-                    text=hit.row["text"],
-                    chunk_id=hit.row["chunk_id"],
-                    vector_id=hit.vector_id,
-                    tier=hit.tier,
-                    lineage=json.loads(hit.row["lineage"]),
-                    duplicates=view.linked.get(doc_id, []),
-                    metadata=dict(self._metadata(manifest, view, doc_id)),
-                )
-                for doc_id, hit in documents
-            ]
-            for documents in ranked
-        ]
+        done = cast(list[list[SearchResult]], results)  # every query has its results now
         if self.access is not None:
-            self.access.record([r.doc_id for found in results for r in found])
-        return results
+            self.access.record([r.doc_id for found in done for r in found])
+        return done
 
-    def _best_documents(
+    def _first_chunks(
         self,
-        hits: Sequence[Hit | ChunkHit],
+        vectors: np.ndarray,
         k: int,
-        manifest: Manifest,
+        segment: SearchedSegment,
+        view: _DocView,
+        results: list[list[SearchResult] | None],
+    ) -> None:
+        """Answer from one segment's ``k + 1`` best chunks the queries they settle; the others stay None.
+
+        ``segment`` is prepared with the efSearch of the full fetch (``k`` × :data:`CHUNK_FANOUT`
+        chunks), so these are its first ``k + 1``. When their scores all differ and the first ``k`` are
+        chunks of ``k`` documents, those are the answer: every other chunk of the fetch scores below the
+        ``k``-th document's, and the order by score is the order of results. Most queries end here,
+        without an object per chunk.
+        """
+        scores, positions = segment.prepared.search(vectors, k + 1)
+        if positions.shape[1] <= k:  # the segment holds k chunks or fewer
+            return
+        entries, tier = segment.columns.entries, repeat(segment.tier)
+        for q, (found, rows) in enumerate(
+            zip(scores.tolist(), segment.rows(positions).tolist(), strict=True)
+        ):
+            if -1 in rows or not all(map(gt, found, found[1:])):
+                continue  # fewer than k + 1 chunks, or equal scores: the full path orders them
+            chosen = list(map(entries.__getitem__, rows[:k]))
+            if len(set(map(itemgetter(0), chosen))) == k:  # else a document holds two of them
+                results[q] = self._results(zip(chosen, found, tier, strict=False), view)
+
+    def _first_candidates(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        searched: list[SearchedSegment],
+        view: _DocView,
+        results: list[list[SearchResult] | None],
+    ) -> None:
+        """:meth:`_first_chunks` over several segments (hot and warm ones, before a compaction): the
+        ``k + 1`` best chunks of each, merged, settle a query when the ``k`` best documents are found
+        ahead of a lower score; and when fewer came, every segment gave all it had."""
+        for q, hits in enumerate(search_segments(searched, vectors, k + 1)):
+            documents, settled = self._best_documents(hits, k, view, None, searched)
+            if settled or len(hits) <= k:
+                results[q] = self._results(documents, view)
+
+    @staticmethod
+    def _results(documents: Iterable[Picked], view: _DocView) -> list[SearchResult]:
+        """The search results of ``documents``: each one's best chunk, its score and its tier."""
+        linked, metadata = view.linked, view.metadata
+        return [
+            SearchResult(
+                doc_id,
+                score,
+                text,
+                chunk_id,
+                vid,
+                tier,
+                lineage,  # type: ignore[arg-type]  # JSON text, parsed if it is read (_ParsedOnRead)
+                linked.get(doc_id, []),
+                dict(metadata[doc_id]),
+            )
+            for (doc_id, vid, chunk_id, text, lineage), score, tier in documents
+        ]
+
+    @staticmethod
+    def _best_documents(
+        hits: list[Candidate],
+        k: int,
         view: _DocView,
         where: MetadataFilter | None,
-    ) -> list[tuple[str, ChunkHit]]:
-        """The ``k`` best documents of ``hits`` (each by its best chunk) that pass ``where``.
+        searched: list[SearchedSegment],
+    ) -> tuple[list[Picked], bool]:
+        """The ``k`` best documents of ``hits`` (each by its best chunk) that pass ``where``, by score (ties:
+        document id), and whether more chunks could not change them.
 
-        ``hits`` are in score order. Their rows are read only until the answer is settled (once ``k``
-        documents are found, a chunk scoring below the ``k``-th of them cannot change it): those of the
-        first ``k`` hits, then, if need be, those of the others. Most searches read ``k`` rows, not all.
+        ``hits`` are in score order (ties: vector id); once ``k`` documents are found, a chunk scoring
+        below the ``k``-th of them cannot change the answer: one that comes up settles it.
         """
         if k <= 0:
-            return []
-        best: dict[str, ChunkHit] = {}
-        read: list[ChunkHit] = []
+            return [], True
+        entries = [segment.columns.entries for segment in searched]
+        tiers = [segment.tier for segment in searched]
+        best: dict[str, Picked] = {}
         kth_score = -math.inf
-        for position, found in enumerate(hits):
-            if len(best) >= k and found.score < kth_score:
+        last_score, tied, settled = math.inf, False, False
+        for score, vid, source, row in hits:
+            if len(best) >= k and score < kth_score:
+                settled = True
                 break
-            if position == len(read):
-                read.extend(self._with_rows(hits[position : k if not read else None], manifest))
-            hit = read[position]
-            doc_id = hit.row["doc_id"]
-            if doc_id in best or (
-                where and not metadata_matches(self._metadata(manifest, view, doc_id), where)
-            ):
+            if source >= 0:
+                entry, tier = entries[source][row], tiers[source]
+            else:
+                entry, tier = (row["doc_id"], vid, row["chunk_id"], row["text"], row["lineage"]), COLD
+            doc_id = entry[0]
+            if doc_id in best or (where and not metadata_matches(view.metadata[doc_id], where)):
                 continue
-            best[doc_id] = hit
+            best[doc_id] = (entry, score, tier)
+            tied = tied or score == last_score
+            last_score = score
             if len(best) == k:
-                kth_score = hit.score
-        return sorted(best.items(), key=lambda item: (-item[1].score, item[0]))[:k]
+                kth_score = score
+        if not tied and len(best) <= k:  # found in score order: already in the order results take
+            return list(best.values()), settled
+        return sorted(best.values(), key=lambda found: (-found[1], found[0][0]))[:k], settled
 
 
-def _rank(hit: Hit | ChunkHit) -> tuple[float, int]:
-    """Merge order of chunk hits: by score, best first; ties by vector id."""
-    return -hit.score, hit.vector_id
+_SEARCHED_ALL = ",".join(TIERS)
+_SEARCH_SECONDS: dict[str, Any] = {}
 
 
-def _merged(hot: list[Hit], cold: list[ChunkHit], k: int) -> list[Hit | ChunkHit]:
-    """The top ``k`` of both tiers' hits in :func:`_rank` order (hot hits come in that order already)."""
-    merged: list[Hit | ChunkHit] = [*hot, *cold]
-    return sorted(merged, key=_rank)[:k] if cold else merged
+def _search_seconds(searched: str) -> Any:
+    """The search latency histogram of these tiers (its labelled child, looked up once)."""
+    found = _SEARCH_SECONDS.get(searched)
+    if found is None:
+        found = _SEARCH_SECONDS[searched] = metrics.SEARCH_SECONDS.labels(searched)
+    return found
+
+
+def _tracing_off() -> bool:
+    """No tracer provider is installed (OpenTelemetry's no-op API is in place): a span would record
+    nothing."""
+    tracing.configure()
+    return isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))

@@ -31,6 +31,10 @@ INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.parquet"
 META_FILE = "segment.json"
 
+ENTRY_FIELDS = ("doc_id", "vector_id", "chunk_id", "text", "lineage")
+"""What :attr:`ChunkColumns.entries` holds of each row, in this order (an :data:`Entry`)."""
+Entry = tuple[str, int, str, str, str]
+
 CHUNK_SCHEMA = pa.schema(
     [
         ("vector_id", pa.int64()),
@@ -159,7 +163,8 @@ class SegmentReader:
         self._index: Any = None
         self._search_index: Any = None
         self._chunks: pa.Table | None = None
-        self._row_of: dict[int, int] | None = None
+        self._columns: ChunkColumns | None = None
+        self._label_rows: tuple[np.ndarray | None] | None = None  # (label_rows(),) once worked out
 
     def _check(self, name: str, digest: str, size: int) -> None:
         expected = self.info.files[name]
@@ -221,19 +226,135 @@ class SegmentReader:
 
     @property
     def chunks(self) -> pa.Table:
+        """The chunk table as Arrow (read, checked, and kept on first use). Searches use :attr:`columns`."""
         if self._chunks is None:
-            data = self._verified_bytes(CHUNKS_FILE)
-            try:
-                self._chunks = pq.read_table(pa.BufferReader(data))
-            except (OSError, pa.ArrowException) as err:
-                raise corrupt_segment_error(
-                    self.seg_dir, f"file {self.seg_dir / CHUNKS_FILE} cannot be read: {err}"
-                ) from err
+            self._chunks = self._read_chunks()
         return self._chunks
 
+    def _read_chunks(self) -> pa.Table:
+        data = self._verified_bytes(CHUNKS_FILE)
+        try:
+            return pq.read_table(pa.BufferReader(data))
+        except (OSError, pa.ArrowException) as err:
+            raise corrupt_segment_error(
+                self.seg_dir, f"file {self.seg_dir / CHUNKS_FILE} cannot be read: {err}"
+            ) from err
+
+    @property
+    def columns(self) -> ChunkColumns:
+        """The chunk table as Python objects by row position, built on first use (see :class:`ChunkColumns`).
+
+        The Arrow table is not kept for it (unless :attr:`chunks` was read already), so a searched segment
+        holds its chunks once, as Python objects.
+        """
+        if self._columns is None:
+            self._columns = ChunkColumns(self._chunks if self._chunks is not None else self._read_chunks())
+        return self._columns
+
+    def label_rows(self) -> np.ndarray | None:
+        """The chunk row of each position of the FAISS index (the order vectors were added in, what an
+        ``IndexIDMap`` search of its inner index returns); None when they are the same, as in every
+        segment :func:`write_segment` writes. Worked out once per reader.
+
+        Raises:
+            IndexCorrupt: The FAISS file holds a vector id the chunk table lacks.
+        """
+        if self._label_rows is None:
+            import faiss
+
+            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            try:
+                rows = None if np.array_equal(ids, self.columns.vector_ids) else self.columns.rows_of(ids)
+            except KeyError as err:
+                raise corrupt_segment_error(
+                    self.seg_dir, f"{INDEX_FILE} holds vector id {err} and {CHUNKS_FILE} has no row for it"
+                ) from err
+            self._label_rows = (rows,)
+        return self._label_rows[0]
+
     def rows(self, vector_ids: list[int]) -> list[dict[str, Any]]:
-        """The chunk rows for ``vector_ids`` (same order)."""
+        """The chunk rows for ``vector_ids`` (same order).
+
+        Raises:
+            KeyError: A vector id the segment does not hold.
+        """
+        columns = self.columns
+        return [columns.row(columns.row_of(v)) for v in vector_ids]
+
+
+class ChunkColumns:
+    """A segment's chunk table as plain Python objects indexed by row position, for searches that read a
+    few rows per query: a tuple lookup instead of an Arrow ``take`` (about 0.3 ms a query).
+
+    :attr:`entries` holds what a document search reads of a row in one tuple (:data:`ENTRY_FIELDS`), so
+    that a row costs it one lookup: after a FAISS search has evicted the CPU caches, each object touched
+    is a trip to memory.
+
+    A segment is immutable once published, so the columns never change; a reader builds them once. They
+    take about what the chunk table's strings take as Python objects (each text, chunk id, doc id, hash
+    and lineage: its bytes plus some 50), plus some 150 bytes of tuples per row: about 100 MiB for
+    100,000 chunks of 400 characters with 300 bytes of lineage each. The hot tier keeps its chunks in
+    memory, as it keeps its vectors; the Arrow table they are built from is not kept.
+
+    Args:
+        table: The segment's chunk table (:data:`CHUNK_SCHEMA`).
+
+    Example:
+        >>> columns = SegmentReader(seg_dir, info).columns
+        >>> doc_id, vector_id, chunk_id, text, lineage = columns.entries[columns.row_of(vid)]
+    """
+
+    __slots__ = ("names", "values", "vector_id_values", "vector_ids", "entries", "_row_of", "_sorted")
+
+    def __init__(self, table: pa.Table) -> None:
+        self.names: list[str] = list(table.column_names)
+        # Tuples, not lists: the garbage collector stops tracking a tuple of strings and numbers, while
+        # every full collection would walk each list's items.
+        self.values: tuple[tuple[Any, ...], ...] = tuple(
+            tuple(column.to_pylist()) for column in table.columns
+        )
+        by_name = dict(zip(self.names, self.values, strict=True))
+        self.vector_id_values: tuple[int, ...] = by_name["vector_id"]
+        self.vector_ids = np.asarray(self.vector_id_values, dtype=np.int64)
+        self.entries: tuple[Entry, ...] = tuple(zip(*(by_name[name] for name in ENTRY_FIELDS), strict=True))
+        self._row_of: dict[int, int] | None = None
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # vector ids sorted, and their rows
+
+    def __len__(self) -> int:
+        return len(self.vector_id_values)
+
+    def row_of(self, vid: int) -> int:
+        """The row position of vector id ``vid``.
+
+        Raises:
+            KeyError: The segment does not hold ``vid``.
+        """
         if self._row_of is None:
-            self._row_of = {vid: i for i, vid in enumerate(self.chunks.column("vector_id").to_pylist())}
-        positions = [self._row_of[v] for v in vector_ids]
-        return self.chunks.take(pa.array(positions, type=pa.int64())).to_pylist()
+            self._row_of = {v: i for i, v in enumerate(self.vector_id_values)}
+        return self._row_of[vid]
+
+    def rows_of(self, vector_ids: np.ndarray) -> np.ndarray:
+        """The row positions of ``vector_ids`` (an array of any shape; -1 stays -1).
+
+        Raises:
+            KeyError: The segment does not hold one of them.
+        """
+        wanted = np.asarray(vector_ids, dtype=np.int64)
+        if not len(self.vector_ids):
+            if np.any(wanted != -1):
+                raise KeyError(int(wanted[wanted != -1][0]))
+            return wanted.copy()
+        if self._sorted is None:
+            order = np.argsort(self.vector_ids, kind="stable")
+            self._sorted = (self.vector_ids[order], order)
+        keys, order = self._sorted
+        at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        found = keys[at] == wanted
+        missing = ~found & (wanted != -1)
+        if missing.any():
+            raise KeyError(int(wanted[missing].flat[0]))
+        return np.where(found, order[at], -1)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as a dict, as Arrow's ``to_pylist`` gives it (a new dict each call)."""
+        return {name: values[i] for name, values in zip(self.names, self.values, strict=True)}
