@@ -261,6 +261,7 @@ def run_tierflow_phase(
         "chunks_embedded": counts.get("chunks_embedded", 0),
         "chunks_of_embedded": sum(after[d].n_chunks for d in embedded),
         "skipped": counts.get("skipped_unchanged", 0),
+        "files_unchanged": counts.get("files_unchanged", 0),
         "indexed": len(live),
         "duplicates": sum(1 for s in live if s.status == "duplicate"),
         "vectors": index.manifest().n_vectors,
@@ -598,6 +599,14 @@ def markdown(report: dict[str, Any]) -> str:
     for entry in tools.values():
         phases = entry["phases"]
         lines.append(f"| {entry['label']} | " + " | ".join(_cell(phases.get(p), p) for p in PHASES) + " |")
+    if any(tool in tools for tool in TIERFLOW_TOOLS):
+        lines += [
+            "",
+            "How tierflow re-ingests: a file whose size, mtime and reading settings are those its last commit "
+            "recorded is not read (the unchanged run); a changed file is read and validated in the driver, the "
+            "documents whose content the index holds already are settled there (their new version recorded), "
+            "and only the changed ones go through the Beam pipeline (`pipelines/driver.py`).",
+        ]
     for mine, against in ratios.items():
         if not any(v is not None for values in against.values() for v in values.values()):
             continue
