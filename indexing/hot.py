@@ -743,7 +743,8 @@ class HotIndex:
     def collect_garbage(self, keep_generations: int = 5, min_age_s: float = 6 * 3600) -> list[Path]:
         """Delete files that neither the current manifest nor the newest ``keep_generations`` name.
         Unreferenced segments younger than ``min_age_s`` are kept: a running pipeline may be about to
-        commit them."""
+        commit them. So are staged files (``staging/``: what a run's driver settled, for its pipeline's
+        commit; the run removes its own, a crashed one leaves it) younger than that."""
         with self._lock():
             generations = self.store.generations()
             current = self.manifest().generation
@@ -764,13 +765,14 @@ class HotIndex:
                 path = self.store.dir / self.store.file_name(gen)
                 path.unlink()
                 removed.append(path)
-            for sub in ("segments", "tombstones", "docs"):
+            for sub in ("segments", "tombstones", "docs", "staging"):
                 folder = self.root / sub
                 if not folder.exists():
                     continue
                 for path in folder.iterdir():
                     rel = f"{sub}/{path.name}"
-                    if rel in referenced or (sub == "segments" and now - path.stat().st_mtime < min_age_s):
+                    young = sub in ("segments", "staging") and now - path.stat().st_mtime < min_age_s
+                    if rel in referenced or young:
                         continue
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
                     removed.append(path)

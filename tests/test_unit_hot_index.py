@@ -497,10 +497,13 @@ def test_collect_garbage_removes_only_unreferenced_files(tmp_path: Path) -> None
     lab.commit([s4], st4)  # g5
     orphan, _ = lab.segment([("zzz", 1, 2)])  # written, never committed (a crashed writer)
     root = lab.hot.root
+    staged = root / "staging" / "resolved-run-crashed.pickle"  # a crashed run's settled states
+    staged.parent.mkdir()
+    staged.write_bytes(b"\x80\x05]\x94.")
 
     # Young orphans survive the default age guard; a running pipeline may be about to commit them.
     removed = lab.hot.collect_garbage(keep_generations=5)
-    assert (root / "segments" / orphan.segment_id).exists()
+    assert (root / "segments" / orphan.segment_id).exists() and staged.exists()
     assert lab.hot.store.generations() == [1, 2, 3, 4, 5]
     assert not [p for p in removed if p.parent.name in ("segments", "manifests", "docs")]
 
@@ -516,6 +519,7 @@ def test_collect_garbage_removes_only_unreferenced_files(tmp_path: Path) -> None
                 assert sha256_file(root / "segments" / seg.info.segment_id / name) == digest
     removed_rel = {str(p.relative_to(root)) for p in removed}
     assert f"segments/{orphan.segment_id}" in removed_rel
+    assert "staging/resolved-run-crashed.pickle" in removed_rel and not staged.exists()
     assert f"segments/{s1.segment_id}" in removed_rel  # only named by generations 1-2
     assert {"manifests/manifest-000000001.json", "docs/docs-000000001.parquet"} <= removed_rel
     kept_rel = {n for m in kept for n in referenced_files(m)}
