@@ -15,6 +15,7 @@ from indexing.hot import HotIndex
 from indexing.search import Searcher
 from pipelines.batch import run_batch
 from tierflow.config import IngestConfig, load_config
+from tierflow.records import chunk_id, vector_id
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -126,3 +127,16 @@ def assert_exactly_once(index_dir: Path, cold: Any = None, expect_docs: set[str]
     assert set(counts) == wanted, f"lost {len(wanted - set(counts))}, unexpected {len(set(counts) - wanted)}"
     if expect_docs is not None:
         assert {d for d, s in docs.items() if s.status == CANONICAL} == expect_docs
+
+
+def chunk_row(doc_id: str, ordinal: int, version: int, content_hash: str, lineage: Any) -> dict[str, Any]:
+    """A chunk-table row as the pipeline's writer makes it, for tests that write segments by hand."""
+    return {
+        "vector_id": vector_id(chunk_id(doc_id, ordinal)),
+        "chunk_id": chunk_id(doc_id, ordinal),
+        "doc_id": doc_id,
+        "ordinal": ordinal,
+        "text": f"{doc_id} v{version} chunk {ordinal}",
+        "content_hash": content_hash,
+        "lineage": json.dumps(lineage),
+    }

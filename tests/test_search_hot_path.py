@@ -38,8 +38,9 @@ from indexing.search import (
     metadata_matches,
 )
 from indexing.segment import CHUNKS_FILE, SegmentReader, write_segment
+from tests.helpers import chunk_row
 from tierflow.config import EmbeddingConfig
-from tierflow.records import chunk_id, vector_id
+from tierflow.records import vector_id
 
 DIM = 16
 FLAT = IndexSpec(type="flat", use_gpu="never")
@@ -63,17 +64,8 @@ def write_docs(
     rows, states = [], []
     for doc_id, block in docs:
         for i in range(len(block)):
-            rows.append(
-                {
-                    "vector_id": vector_id(chunk_id(doc_id, i)),
-                    "chunk_id": chunk_id(doc_id, i),
-                    "doc_id": doc_id,
-                    "ordinal": i,
-                    "text": f"{doc_id} v{version} chunk {i}",
-                    "content_hash": f"{doc_id}-{version}-{i}",
-                    "lineage": json.dumps({"doc": doc_id, "chunk": i, "source": {"position": [version, i]}}),
-                }
-            )
+            lineage = {"doc": doc_id, "chunk": i, "source": {"position": [version, i]}}
+            rows.append(chunk_row(doc_id, i, version, f"{doc_id}-{version}-{i}", lineage))
     info = write_segment(index.segments_dir, rows, np.vstack([block for _, block in docs]), spec)
     for doc_id, block in docs:
         meta = metadata(doc_id) if metadata else {}

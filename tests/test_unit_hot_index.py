@@ -7,7 +7,6 @@ over the vectors each test itself says should be live.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -25,6 +24,7 @@ from indexing.faiss_index import IndexSpec
 from indexing.hot import CommitRequest, CommitResult, HotIndex, doc_vector_ids
 from indexing.manifest import Manifest
 from indexing.segment import CHUNKS_FILE, INDEX_FILE, SegmentInfo, write_segment
+from tests.helpers import chunk_row
 from tierflow.errors import IncompatibleIndex, IndexCorrupt
 from tierflow.records import chunk_id, vector_id
 
@@ -63,17 +63,7 @@ class Lab:
             block = vectors[doc_id] if vectors and doc_id in vectors else unit(self.rng, n, self.dim)
             blocks.append(block)
             for i in range(n):
-                rows.append(
-                    {
-                        "vector_id": vector_id(chunk_id(doc_id, i)),
-                        "chunk_id": chunk_id(doc_id, i),
-                        "doc_id": doc_id,
-                        "ordinal": i,
-                        "text": f"{doc_id} v{version} chunk {i}",
-                        "content_hash": f"{doc_id}-v{version}-{i}",
-                        "lineage": json.dumps({"version": version}),
-                    }
-                )
+                rows.append(chunk_row(doc_id, i, version, f"{doc_id}-v{version}-{i}", {"version": version}))
         info = write_segment(self.hot.segments_dir, rows, np.vstack(blocks), spec or self.spec)
         states = []
         for (doc_id, version, n), block in zip(docs, blocks, strict=True):
