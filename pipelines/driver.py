@@ -188,10 +188,13 @@ def run_items(
                 if s.status != DELETED and s.source_uri in full_sync and s.doc_id not in settled.seen
             }
         n_settled = len(valid) - sum(isinstance(item, DocumentEvent) for item in settled.rest)
-        for stage in ("parse", "validate"):
-            metrics.count("stage_documents", stage, "in", value=n_settled)
-            metrics.count("stage_documents", stage, "out", value=n_settled)
+        # The pipeline counts what it is given: the rejected events reach it as dead letters (counted there
+        # as read, not as parsed); the driver counts the rest of what the pipeline would have.
         metrics.count("stage_documents", "source", "out", value=n_settled)
+        metrics.count("stage_documents", "parse", "in", value=n_settled)
+        metrics.count("stage_documents", "parse", "out", value=n_settled + len(rejected))
+        metrics.count("stage_documents", "validate", "in", value=n_settled + len(rejected))
+        metrics.count("stage_documents", "validate", "out", value=n_settled)
         LOG.info(
             "run %s: %d of %d event(s) settled against the committed state; %d item(s) and %d full-sync "
             "deletion(s) left for the pipeline",

@@ -19,6 +19,7 @@ from indexing.hot import HotIndex
 from pipelines.driver import committed_subset, settle
 from tests.helpers import config, ingest, live_vectors, write_jsonl
 from tests.test_unit_reconcile_dedup import FP, committed, duplicate_of, event
+from tierflow import metrics
 from tierflow.config import IngestConfig
 from tierflow.deadletter import DeadLetter
 from tierflow.records import SourcePosition
@@ -120,6 +121,18 @@ def _corpus(
     return records
 
 
+def _stage_documents() -> dict[tuple[str, ...], float]:
+    """The process's ``tierflow_stage_documents_total`` samples by (stage, outcome)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.labels["stage"], sample.labels["outcome"]): sample.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for sample in family.samples
+        if sample.name == "tierflow_stage_documents_total"
+    }
+
+
 def _state_view(index_dir: Path) -> dict[str, tuple[Any, ...]]:
     docs = HotIndex(index_dir).docs()
     return {
@@ -152,7 +165,9 @@ def test_prefiltered_runs_commit_what_the_pipeline_alone_commits(tmp_path: Path,
         (5, {"c": "The Rhine freezes over in no winter we remember."}, {"e"}),  # "e" leaves the file
     ]
     summaries: dict[str, list[dict[str, Any]]] = {"driver": [], "pipeline": []}
+    stage_counts: dict[str, dict[tuple[str, ...], float]] = {}
     for name, limit in (("driver", 64 << 20), ("pipeline", 0)):
+        before = _stage_documents()
         cfg = config(tmp_path / name / "hot", sync=sync, prefilter_max_bytes=limit)
         (tmp_path / name).mkdir()
         path = tmp_path / name / "docs.jsonl"
@@ -161,6 +176,11 @@ def test_prefiltered_runs_commit_what_the_pipeline_alone_commits(tmp_path: Path,
             summaries[name].append(ingest(path, cfg, version_field="v"))
             if version == 3:
                 assert HotIndex(cfg.index_dir).docs()["c-copy"].canonical_id == "c"
+        after = _stage_documents()
+        stage_counts[name] = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    assert stage_counts["driver"] == stage_counts["pipeline"], (
+        "the same documents counted in and out per stage"
+    )
     driver_hot, pipeline_hot = tmp_path / "driver" / "hot", tmp_path / "pipeline" / "hot"
     assert _state_view(driver_hot) == _state_view(pipeline_hot)
     assert sorted(live_vectors(driver_hot).values()) == sorted(live_vectors(pipeline_hot).values())
