@@ -8,6 +8,7 @@ record through Beam, and require the same committed documents, vectors and count
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,15 +62,21 @@ def test_settle_keeps_new_and_changed_documents_and_settles_the_rest() -> None:
 def test_a_duplicate_whose_canonical_changes_is_left_to_the_pipeline() -> None:
     dup_event = event("d", 1, text="dup text")
     other = event("e", 1, text="dup text")
-    same = {"content_hash": dup_event.content_hash, "title": dup_event.title, "fingerprint": FP}
     docs = {
         "c": committed("c", 1),
-        "d": replace(duplicate_of("d", "c"), **same),
-        "e": replace(duplicate_of("e", "other"), **same),
+        **{
+            doc_id: replace(
+                duplicate_of(doc_id, target),
+                content_hash=dup_event.content_hash,
+                title=dup_event.title,
+                fingerprint=FP,
+            )
+            for doc_id, target in (("d", "c"), ("e", "other"))
+        },
     }
     out = settle([event("c", 2, text="the canonical changed"), dup_event, other], [], docs, FP)
     # "d" may have to be promoted when "c" changes; "e"'s canonical does not change here.
-    assert sorted(item.doc_id for item in out.rest) == ["c", "d"]
+    assert sorted(str(item.doc_id) for item in out.rest) == ["c", "d"]
     assert dict(out.stats) == {"skipped_unchanged": 1}
 
 
@@ -99,9 +106,7 @@ def test_committed_subset_takes_what_the_items_can_touch() -> None:
 
 
 # ---- end to end: the pre-filter changes nothing but the work done ------------------------------------
-def _corpus(
-    version: int, edits: dict[str, str], drop: set[str] = frozenset()
-) -> list[dict[str, Any] | bytes]:
+def _corpus(version: int, edits: dict[str, str], drop: Collection[str] = ()) -> list[dict[str, Any] | bytes]:
     base = {
         "a": "Alpine glaciers retreat faster every decade as summers warm.",
         "b": "Sourdough starters need flour, water and patience to ferment.",
