@@ -259,6 +259,7 @@ def run_tierflow_phase(
         "embedded": len(embedded),
         "embedded_ids": embedded if phase != "first" else [],
         "chunks_embedded": counts.get("chunks_embedded", 0),
+        "chunks_reused": counts.get("chunks_reused", 0),
         "chunks_of_embedded": sum(after[d].n_chunks for d in embedded),
         "skipped": counts.get("skipped_unchanged", 0),
         "files_unchanged": counts.get("files_unchanged", 0),
@@ -459,7 +460,9 @@ def _checks(tool: str, phases: dict[str, Any], n_docs: int, changed: list[str]) 
         "changed_indexed_every_doc": indexed(after) if after else None,
     }
     if tool in TIERFLOW_TOOLS and first and after:
-        checks["changed_chunks_match"] = after["chunks_embedded"] == after["chunks_of_embedded"]
+        checks["changed_chunks_match"] = (
+            after["chunks_embedded"] + after.get("chunks_reused", 0) == after["chunks_of_embedded"]
+        )
     return checks
 
 
@@ -574,7 +577,9 @@ def _cell(result: dict[str, Any] | None, phase: str) -> str:
         return "failed"
     if phase == "first":
         return f"{result['docs'] / result['seconds']:.1f} docs/s ({result['seconds']:.2f} s)"
-    return f"{result['seconds']:.2f} s (embedded {result['embedded']})"
+    reused = result.get("chunks_reused", 0)
+    kept = f"; {reused} of {result.get('chunks_of_embedded')} windows kept their vectors" if reused else ""
+    return f"{result['seconds']:.2f} s (embedded {result['embedded']}{kept})"
 
 
 def _times(value: float | None) -> str:
@@ -605,7 +610,8 @@ def markdown(report: dict[str, Any]) -> str:
             "How tierflow re-ingests: a file whose size, mtime and reading settings are those its last commit "
             "recorded is not read (the unchanged run); a changed file is read and validated in the driver, the "
             "documents whose content the index holds already are settled there (their new version recorded), "
-            "and only the changed ones go through the Beam pipeline (`pipelines/driver.py`).",
+            "and only the changed ones go through the Beam pipeline (`pipelines/driver.py`), where a window whose "
+            "text did not change keeps its stored vector.",
         ]
     for mine, against in ratios.items():
         if not any(v is not None for values in against.values() for v in values.values()):

@@ -30,7 +30,7 @@ from pipelines.dedup import Candidate, Link, best_link, candidate_keys, links_in
 from pipelines.reconcile import DELETE, Outcome, Plan, merge_outcomes, reconcile
 from pipelines.traced import TracedDoFn, traced
 from pipelines.validate import DocumentValidator
-from pipelines.write import CommitRun, DocChunks, EmbedChunks, HotTierWriteConfig, WriteDeadLetters
+from pipelines.write import PREVIOUS, CommitRun, DocChunks, EmbedChunks, HotTierWriteConfig, WriteDeadLetters
 from tierflow import logs, metrics, tracing
 from tierflow.config import IngestConfig, to_dict
 from tierflow.deadletter import DeadLetter
@@ -174,6 +174,14 @@ def _state(upsert: Upsert, link: Link | None, run: RunContext) -> Any:
     if link:
         return state
     state.extra["text"] = event.text  # carried to the chunker; canonical text lives in the chunk table
+    previous = upsert.plan.previous
+    if (
+        previous is not None
+        and previous.status == CANONICAL
+        and previous.segment_id
+        and previous.fingerprint == run.fingerprint
+    ):
+        state.extra[PREVIOUS] = previous  # its unchanged chunks keep their vectors (EmbedChunks)
     return DocChunks(state, [])
 
 
@@ -397,7 +405,7 @@ def index_items(
         | "Chunk" >> beam.ParDo(traced(ChunkDocuments(config, shards), parent))
         | "GroupShards" >> beam.GroupByKey()
         | "ShardLists" >> beam.MapTuple(lambda shard, docs: (shard, list(docs)))
-        | "Embed" >> beam.ParDo(traced(EmbedChunks(config.embedding), parent))
+        | "Embed" >> beam.ParDo(traced(EmbedChunks(config.embedding, config.index_dir), parent))
         | "Write" >> HotTierWriteConfig(config.index_dir, config.index, parent).create_write_transform()
     )
     dead_files = (

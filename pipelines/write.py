@@ -29,6 +29,7 @@ from pipelines.traced import TracedDoFn, traced
 from tierflow import metrics, progress
 from tierflow.config import EmbeddingConfig
 from tierflow.deadletter import DeadLetter
+from tierflow.errors import IndexCorrupt
 from tierflow.lineage import RunContext
 
 LOG = logging.getLogger(__name__)
@@ -44,13 +45,23 @@ class DocChunks:
     chunks: list[Chunk]
 
 
+PREVIOUS = "previous"  # DocState.extra key: the version a changed document replaces (see reusable_vectors)
+REUSED = "reused_from"  # chunk metadata / lineage key: the segment whose stored vector a chunk reuses
+
+
 class EmbedChunks(TracedDoFn):
-    """Embeds every chunk of one write shard, longest-first in slices so batches pad little."""
+    """Embeds every chunk of one write shard, longest-first in slices so batches pad little.
+
+    A chunk of a changed document whose text is exactly that of a chunk of the version it replaces keeps
+    that chunk's stored vector (:func:`reusable_vectors`) instead of being embedded again: an edit to one
+    part of a long document re-embeds only the windows it touched.
+    """
 
     span_name = "tierflow.embed"
 
-    def __init__(self, config: EmbeddingConfig) -> None:
+    def __init__(self, config: EmbeddingConfig, index_dir: str | None = None) -> None:
         self.config = config
+        self.index_dir = index_dir
         self._embedder: Embedder | None = None
 
     def setup(self) -> None:
@@ -61,7 +72,19 @@ class EmbedChunks(TracedDoFn):
         assert self._embedder is not None
         shard, docs = element
         chunks = [chunk for doc in docs for chunk in doc.chunks]
-        order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i].content.text or ""))
+        reused = reusable_vectors(self.index_dir, docs) if self.index_dir else {}
+        for chunk in chunks:
+            found = reused.get(chunk.id or "")
+            if found is not None:
+                segment_id, stored = found
+                vector: Any = stored  # a float32 row, like the embedder's (Beam types it list[float])
+                chunk.embedding = Embedding(dense_embedding=vector)
+                chunk.metadata[REUSED] = segment_id
+                lineage = json.loads(chunk.metadata["lineage"])
+                lineage["chunk"][REUSED] = segment_id
+                chunk.metadata["lineage"] = json.dumps(lineage, sort_keys=True)
+        todo = [i for i, chunk in enumerate(chunks) if chunk.embedding is None]
+        order = sorted(todo, key=lambda i: -len(chunks[i].content.text or ""))
         started = time.monotonic()
         metrics.count("stage_documents", "embed", "in", value=len(docs))
         shown = progress.bar(len(order), f"embed shard {shard}", unit="chunk")
@@ -79,12 +102,38 @@ class EmbedChunks(TracedDoFn):
             rate = done / max(time.monotonic() - started, 1e-9)
             LOG.info("embed shard %s: %d/%d chunks (%.1f chunks/s)", shard, done, len(order), rate)
         shown.close()
-        if chunks:  # the shard's embedding time, spread over its chunks, for the run's cost counters
-            share = (time.monotonic() - started) * 1000 / len(chunks)
-            for chunk in chunks:
-                chunk.metadata["embed_ms"] = share
+        if order:  # the shard's embedding time, spread over the chunks it embedded, for the cost counters
+            share = (time.monotonic() - started) * 1000 / len(order)
+            for i in order:
+                chunks[i].metadata["embed_ms"] = share
         metrics.count("stage_documents", "embed", "out", value=len(docs))
         yield shard, docs
+
+
+def reusable_vectors(index_dir: str, docs: list[DocChunks]) -> dict[str, tuple[str, np.ndarray]]:
+    """Chunk id -> (segment id, stored vector) for the chunks of ``docs`` whose text is exactly the text
+    of a chunk of the version they replace, when that version's vectors are live in a hot or warm segment
+    and were made the same way (the reconcile stage sets ``extra[PREVIOUS]`` only then). Segments store
+    float32 vectors exactly (flat and HNSW), so a reused vector is the one that text was embedded to.
+    A previous version that is no longer where its state says (compacted, moved meanwhile) reuses nothing.
+    """
+    previous = [(doc, doc.state.extra[PREVIOUS]) for doc in docs if doc.state.extra.get(PREVIOUS)]
+    if not previous:
+        return {}
+    index = HotIndex(index_dir)
+    manifest = index.manifest()
+    found: dict[str, tuple[str, np.ndarray]] = {}
+    for doc, before in previous:
+        try:
+            rows, vectors = index.doc_vectors([before], manifest)
+        except IndexCorrupt:  # not live any more: embed everything
+            continue
+        by_text = {row["text"]: vector for row, vector in zip(rows, vectors, strict=True)}
+        for chunk in doc.chunks:
+            vector = by_text.get(chunk.content.text or "")
+            if vector is not None and chunk.id:
+                found[chunk.id] = (str(before.segment_id), vector)
+    return found
 
 
 class HotTierWriteConfig(VectorDatabaseWriteConfig):
@@ -136,7 +185,10 @@ class _WriteSegment(TracedDoFn):
         metrics.count("stage_documents", "write", "in", value=len(docs))
         metrics.count("stage_documents", "write", "out", value=len(docs))
         yield ("segment", info)
-        yield ("stat", ("chunks_embedded", len(rows)))
+        reused = sum(1 for doc in docs for chunk in doc.chunks if REUSED in chunk.metadata)
+        yield ("stat", ("chunks_embedded", len(rows) - reused))
+        if reused:
+            yield ("stat", ("chunks_reused", reused))
         embed_ms = sum(chunk.metadata.get("embed_ms", 0.0) for doc in docs for chunk in doc.chunks)
         yield ("stat", ("embed_ms", round(embed_ms)))
         for doc in docs:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from indexing.hot import HotIndex
 from tests.helpers import (
+    assert_exactly_once,
     canonical_ids,
     config,
     demo_docs,
@@ -208,3 +210,40 @@ def test_hnsw_index_and_compaction_keep_results(tmp_path: Path) -> None:
     assert manifest.segments[0].info.index["type"] == "hnsw"
     assert live_vectors(tmp_path / "hot") == vectors
     assert {q: top_doc(tmp_path / "hot", q, cfg) for q in queries} == before
+
+
+def test_an_edit_re_embeds_only_the_windows_it_touched(tmp_path: Path) -> None:
+    cfg = config(tmp_path / "hot")
+    words = [f"glacier{i} moraine{i % 7} basin{i % 11}" for i in range(260)]  # several 256-token windows
+    body = " ".join(words)
+    path = write_jsonl(
+        tmp_path / "long.jsonl", [{"_id": "long", "title": "Ice", "text": body}], mtime_ns=1_000
+    )
+    first = ingest(path, cfg)
+    n = first["counts"]["chunks_embedded"]
+    assert n >= 3
+    index = HotIndex(tmp_path / "hot")
+    rows, vectors = index.doc_vectors([index.docs()["long"]])
+    before = {row["text"]: vector for row, vector in zip(rows, vectors, strict=True)}
+
+    edited = body + " A late addendum about the summer melt of the valley glacier."
+    write_jsonl(path, [{"_id": "long", "title": "Ice", "text": edited}], mtime_ns=2_000)
+    second = ingest(path, cfg)
+    assert second["counts"]["chunks_embedded"] == 1 and second["counts"]["chunks_reused"] == n - 1
+    index = HotIndex(tmp_path / "hot")
+    state = index.docs()["long"]
+    rows, vectors = index.doc_vectors([state])
+    assert state.n_chunks == n
+    for row, vector in zip(rows, vectors, strict=True):
+        lineage = json.loads(row["lineage"])["chunk"]
+        if row["text"] in before:  # the same window: the very vector, and lineage that says where from
+            np.testing.assert_array_equal(vector, before[row["text"]])
+            assert lineage["reused_from"]
+        else:
+            assert "addendum" in row["text"] and "reused_from" not in lineage
+    assert top_doc(tmp_path / "hot", "late addendum summer melt", cfg, k=1) == ["long"]
+    assert_exactly_once(tmp_path / "hot")
+
+    # Vectors made another way (other chunk windows: another fingerprint) are never reused.
+    rechunked = ingest(path, config(tmp_path / "hot", chunking={"max_tokens": 128}))
+    assert "chunks_reused" not in rechunked["counts"] and rechunked["counts"]["chunks_embedded"] > n
