@@ -143,6 +143,7 @@ class FileSplit:
         mtime_ns: The file's modification time when planned, in ns.
         config: The source configuration, with ``path`` made absolute.
         size: The file's size in bytes when planned.
+        etag: Its S3 ETag when planned (empty for local files).
 
     Example:
         >>> split = plan_splits(FileSourceConfig("docs.jsonl"))[0]
@@ -156,6 +157,7 @@ class FileSplit:
     mtime_ns: int
     config: FileSourceConfig
     size: int = 0
+    etag: str = ""
 
 
 def plan_splits(config: FileSourceConfig) -> list[FileSplit]:
@@ -268,7 +270,7 @@ def _resolve(config: FileSourceConfig, store: ObjectStore) -> list[tuple[ObjectI
 
 def _splits_of(info: ObjectInfo, fmt: str, config: FileSourceConfig, store: ObjectStore) -> list[FileSplit]:
     def split(start: int, end: int) -> FileSplit:
-        return FileSplit(info.uri, fmt, start, end, info.mtime_ns, config, info.size)
+        return FileSplit(info.uri, fmt, start, end, info.mtime_ns, config, info.size, info.etag)
 
     if fmt in ("jsonl", "beir") and not store.refusal(info.uri):
         step = config.split_bytes

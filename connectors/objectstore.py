@@ -41,11 +41,13 @@ if TYPE_CHECKING:
 
 
 class ObjectInfo(NamedTuple):
-    """One listed object: its uri (absolute path or ``s3://bucket/key``), size in bytes, mtime in ns."""
+    """One listed object: its uri (absolute path or ``s3://bucket/key``), size in bytes, mtime in ns, and
+    its S3 ETag (empty for local files), which changes with every overwrite even within one second."""
 
     uri: str
     size: int
     mtime_ns: int
+    etag: str = ""
 
 
 def _matches(relative: str, glob: str) -> bool:
@@ -269,7 +271,9 @@ class S3Store(ObjectStore):
             raise self._translate(err, uri, listing=True) from err
         except BotoCoreError as err:
             raise self._translate(err, uri, listing=True) from err
-        return ObjectInfo(uri, int(head["ContentLength"]), _ns(head["LastModified"]))
+        return ObjectInfo(
+            uri, int(head["ContentLength"]), _ns(head["LastModified"]), str(head.get("ETag", "")).strip('"')
+        )
 
     def list(self, prefix: str, glob: str = "*") -> list[ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -288,7 +292,12 @@ class S3Store(ObjectStore):
                     if name.endswith("/") or not _matches(name[len(key) :], glob):
                         continue
                     found.append(
-                        ObjectInfo(f"{S3_SCHEME}{bucket}/{name}", int(obj["Size"]), _ns(obj["LastModified"]))
+                        ObjectInfo(
+                            f"{S3_SCHEME}{bucket}/{name}",
+                            int(obj["Size"]),
+                            _ns(obj["LastModified"]),
+                            str(obj.get("ETag", "")).strip('"'),
+                        )
                     )
         except (ClientError, BotoCoreError) as err:
             raise self._translate(err, prefix, listing=True) from err

@@ -43,7 +43,8 @@ _NOT_READING = ("path", "glob", "split_bytes", "s3_endpoint_url", "s3_region")
 
 
 def file_positions(splits: list[FileSplit], config: IngestConfig, run: RunContext) -> dict[str, str]:
-    """The source position a commit records for each file: ``file size=.. mtime_ns=.. reading=..``.
+    """The source position a commit records for each file: ``file size=.. mtime_ns=.. [etag=..] reading=..``
+    (S3 objects carry their ETag: an overwrite in the same second with the same size still reads again).
 
     ``reading`` identifies everything that makes a file's records into indexed documents besides its
     bytes: the source mapping (fields, format, limits), the validation suite and its limits, and the
@@ -63,7 +64,10 @@ def file_positions(splits: list[FileSplit], config: IngestConfig, run: RunContex
         default=str,
     )
     digest = hashlib.sha256(reading.encode()).hexdigest()[:16]
-    return {s.uri: f"file size={s.size} mtime_ns={s.mtime_ns} reading={digest}" for s in splits}
+    return {
+        s.uri: f"file size={s.size} mtime_ns={s.mtime_ns}{f' etag={s.etag}' if s.etag else ''} reading={digest}"
+        for s in splits
+    }
 
 
 def build_pipeline(

@@ -36,3 +36,15 @@ def test_ingest_from_s3_prefix(s3_server: str, tmp_path: Path) -> None:
     assert set(state) == {d["_id"] for d in docs}
     assert state[docs[0]["_id"]].source_system == "s3"
     assert state[docs[0]["_id"]].source_uri == f"s3://{bucket}/corpus/a.jsonl"
+
+    # Unchanged objects are not read again; an overwrite is, even one of the same size in the same
+    # second (S3 mtimes have one-second resolution: the ETag tells them apart).
+    again = ingest(f"s3://{bucket}/corpus/", cfg, s3_endpoint_url=s3_server, s3_region="us-east-1")
+    assert again["committed"] is False and again["counts"] == {"files_unchanged": 2}
+    first = docs[0]
+    renamed = dict(first, text=first["text"].swapcase())  # same length, other bytes
+    body = "".join(json.dumps(d) + "\n" for d in [renamed, *docs[1:half]])
+    s3.put_object(Bucket=bucket, Key="corpus/a.jsonl", Body=body.encode())
+    third = ingest(f"s3://{bucket}/corpus/", cfg, s3_endpoint_url=s3_server, s3_region="us-east-1")
+    assert third["counts"]["files_unchanged"] == 1, third["counts"]
+    assert third["counts"]["events_valid"] == half
