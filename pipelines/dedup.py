@@ -7,8 +7,10 @@ content hash and on each LSH band, never through shared in-process state.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -56,11 +58,22 @@ def shingles(text: str, words: int) -> set[bytes]:
     return {" ".join(tokens[i : i + words]).encode() for i in range(len(tokens) - words + 1)}
 
 
+@functools.lru_cache(maxsize=8)
+def _permutations(num_perm: int) -> tuple[Any, Any]:
+    """The seeded MinHash permutations and their scheme, drawn once per process (datasketch draws them
+    for every object)."""
+    from datasketch import MinHash
+
+    first = MinHash(num_perm=num_perm, seed=1)
+    return first.permutations, first.scheme
+
+
 def signature(text: str, config: DedupConfig) -> bytes:
     """MinHash signature (datasketch, fixed seed, so every worker computes the same one) as bytes."""
     from datasketch import MinHash
 
-    minhash = MinHash(num_perm=config.num_perm, seed=1)
+    permutations, scheme = _permutations(config.num_perm)
+    minhash = MinHash(num_perm=config.num_perm, seed=1, permutations=permutations, scheme=scheme)
     minhash.update_batch(list(shingles(text, config.shingle_words)))
     return np.asarray(minhash.hashvalues, dtype=np.uint64).tobytes()
 

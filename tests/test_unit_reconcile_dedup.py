@@ -8,6 +8,7 @@ import json
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState
@@ -19,6 +20,7 @@ from pipelines.dedup import (
     best_link,
     candidate_keys,
     links_in_group,
+    shingles,
     signature,
     similarity,
 )
@@ -385,3 +387,15 @@ def test_near_link_respects_the_configured_threshold(threshold: float) -> None:
     assert 0.5 < sim < 0.99
     links = links_in_group([a, b], cfg)
     assert bool(links) == (sim >= threshold)
+
+
+def test_signature_is_datasketchs_own_minhash() -> None:
+    """Permutations are drawn once per process; the signature stays what datasketch computes itself."""
+    from datasketch import MinHash
+
+    config = DedupConfig()
+    text = "The Rhine carries barges from Basel to Rotterdam all year, past vineyards and castles."
+    reference = MinHash(num_perm=config.num_perm, seed=1)
+    reference.update_batch(list(shingles(text, config.shingle_words)))
+    expected = np.asarray(reference.hashvalues, dtype=np.uint64).tobytes()
+    assert signature(text, config) == signature(text, config) == expected
