@@ -67,6 +67,8 @@ def test_dask_runner_matches_direct_runner_and_writers_on_both_workers_publish_o
     assert third["counts"]["skipped_unchanged"] == len(docs) - 1
     assert third["dead_letters"]["by_reason"] == {"malformed_json": 1, "missing_id": 1}
     states = HotIndex(tmp_path / "dask").docs()
-    assert {s.version for s in states.values()} == {2_000}, "every document recorded at the file's new version"
+    assert {s.version for s in states.values()} == {2_000}, (
+        "every document recorded at the file's new version"
+    )
     assert [v for v in live_vectors(tmp_path / "dask").values() if "Dask workers embedded" in v]
     assert not list((tmp_path / "dask" / "staging").iterdir()), "the staged settled states are removed"

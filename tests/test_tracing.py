@@ -62,7 +62,10 @@ def test_an_ingest_is_one_trace_with_a_span_per_stage(tmp_path: Path) -> None:
     )  # fmt: skip
     assert searched.returncode == 0, searched.stderr[-3000:]
     (search,) = [span for span in _spans(searched.stderr) if span["name"] == "tierflow.search"]
-    assert search["attributes"]["tierflow.tiers"] == "hot,warm,cold" and search["attributes"]["tierflow.results"] == 3
+    assert (
+        search["attributes"]["tierflow.tiers"] == "hot,warm,cold"
+        and search["attributes"]["tierflow.results"] == 3
+    )
 
 
 def test_tracing_is_off_unless_configured() -> None:
