@@ -5,8 +5,11 @@ Each runner (``peer_bare.py``, ``peer_langchain.py``, ``peer_llamaindex.py``) is
 Only the standard library is imported here, so the module works in the bench venv (infra/bench/peers-venv.sh)
 and in tierflow's own.
 
-Every tool embeds one text per document, ``title + "\\n\\n" + text`` (the text alone when there is no title);
-the model truncates it to its ``max_seq_length`` (256 word pieces for all-MiniLM-L6-v2).
+Every tool reads one text per document, ``title + "\\n\\n" + text`` (the text alone when there is no title).
+With ``--window-tokens 0`` (the default) it embeds that text whole, and the model truncates it to its
+``max_seq_length`` (256 word pieces for all-MiniLM-L6-v2). With ``--window-tokens N`` the tool's own token
+splitter cuts it into windows of N model tokens (special tokens included, as tierflow's ``chunking.max_tokens``)
+overlapping by ``--window-overlap`` tokens, so every word is embedded, as tierflow does.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--phase", choices=PHASES, required=True)
     parser.add_argument("--model", type=Path, required=True, help="a sentence-transformers model directory")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--window-tokens",
+        type=int,
+        default=0,
+        help="0: one text per document; N: the tool's token splitter, windows of N model tokens",
+    )
+    parser.add_argument("--window-overlap", type=int, default=0, help="tokens consecutive windows share")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     return args
@@ -47,6 +57,14 @@ def read_corpus(path: Path) -> list[tuple[str, str]]:
                 title, text = record.get("title") or "", record.get("text") or ""
                 docs.append((str(record["_id"]), f"{title}\n\n{text}" if title else text))
     return docs
+
+
+SPECIAL_TOKENS = 2  # [CLS] and [SEP]: a window of N model tokens holds N - 2 of the text's
+
+
+def window_text_tokens(args: argparse.Namespace) -> int:
+    """The text tokens per window a splitter is asked for (the model adds its special tokens)."""
+    return int(args.window_tokens) - SPECIAL_TOKENS
 
 
 def warm_up_texts(path: Path, batch_size: int) -> list[str]:

@@ -3,7 +3,11 @@ into a FAISS vector store (``IndexFlatIP``, normalised embeddings), one process 
 
 As LangChain's indexing guide sets it up: documents carry their id in ``metadata["source"]``
 (``source_id_key``), ``cleanup="incremental"`` removes a changed document's old vector, the record manager
-skips unchanged content. Timed: opening the record manager and loading the saved store, ``index()``, and
+skips unchanged content. With ``--window-tokens`` the documents are first cut by LangChain's
+``SentenceTransformersTokenTextSplitter`` (the model's own tokenizer), every window keeping its document's
+``source``, so ``index()`` replaces all windows of a changed document; cleanup is then ``scoped_full``, which
+``index()``'s documentation advises when one source's chunks span batches (``incremental`` would delete a
+source's windows of the next batch before reaching them, and embed them again). Timed: opening the record manager and loading the saved store, ``index()``, and
 ``FAISS.save_local`` (fsynced). Runs in the bench venv (infra/bench/peers-venv.sh).
 
     .bench-venv/bin/python infra/bench/peer_langchain.py --corpus corpus.jsonl --work DIR --phase first \
@@ -12,7 +16,18 @@ skips unchanged content. Timed: opening the record manager and loading the saved
 
 from __future__ import annotations
 
-from peer_common import Stopwatch, emit, fsync_tree, parse_args, read_corpus, versions, warm_up_texts
+from collections import Counter
+
+from peer_common import (
+    Stopwatch,
+    emit,
+    fsync_tree,
+    parse_args,
+    read_corpus,
+    versions,
+    warm_up_texts,
+    window_text_tokens,
+)
 
 NAMESPACE = "faiss/bench-peers"
 
@@ -34,6 +49,15 @@ def main() -> None:
     )
     dim = len(embeddings.embed_documents(warm_up_texts(args.corpus, args.batch_size))[0])
     store_dir, db = args.work / "faiss", args.work / "records.sqlite"
+    splitter = None
+    if args.window_tokens:
+        from langchain_text_splitters import SentenceTransformersTokenTextSplitter
+
+        splitter = SentenceTransformersTokenTextSplitter(
+            model_name=str(args.model),
+            tokens_per_chunk=window_text_tokens(args),
+            chunk_overlap=args.window_overlap,
+        )
 
     watch = Stopwatch()
     with watch.span("read"):
@@ -41,6 +65,10 @@ def main() -> None:
             Document(page_content=text, metadata={"source": doc_id})
             for doc_id, text in read_corpus(args.corpus)
         ]
+    n_docs = len(docs)
+    if splitter is not None:
+        with watch.span("split"):
+            docs = splitter.split_documents(docs)
     with watch.span("load"):
         record_manager = SQLRecordManager(NAMESPACE, db_url=f"sqlite:///{db}")
         if args.phase == "first":
@@ -64,7 +92,7 @@ def main() -> None:
             docs,
             record_manager,
             store,
-            cleanup="incremental",
+            cleanup="scoped_full" if splitter is not None else "incremental",
             source_id_key="source",
             batch_size=args.batch_size,
             key_encoder="sha256",
@@ -75,12 +103,14 @@ def main() -> None:
     emit(
         "langchain",
         args.phase,
-        len(docs),
+        n_docs,
         watch,
         embedded=result["num_added"] + result["num_updated"],
         skipped=result["num_skipped"],
         deleted=result["num_deleted"],
         vectors=int(store.index.ntotal),
+        chunks=len(docs),
+        chunks_by_doc=dict(Counter(doc.metadata["source"] for doc in docs)),
         device=str(embeddings._client.device),
         versions=versions(
             "langchain-core",
