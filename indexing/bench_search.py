@@ -9,8 +9,9 @@ query set (perturbed copies of stored vectors):
    a float32 brute-force scan.
 2. **sides**: *tierflow* is :meth:`~indexing.search.Searcher.search_vectors`, the search ``tierflow search``
    and ``tierflow serve`` run once a query is embedded (the manifest checked on every query, FAISS,
-   tombstone selectors, chunk rows, documents ranked by their best chunk, results with text, lineage and
-   metadata);
+   tombstone selectors, chunk rows, documents ranked by their best chunk, results with ids, scores and
+   text; their lineage, metadata and duplicates are made when first read, which the benchmark does not do,
+   as a caller that wants ids does not);
    *tierflow, memory-mapped* is the same over the warm tier's storage; *bare FAISS* is the segment's
    ``index.faiss`` read with ``faiss.read_index`` and queried with ``index.search`` (k = 10).
 3. **sweep**: Recall@10 and latency of every side at each efSearch of :data:`EF_SWEEP`; the benchmark
@@ -573,7 +574,8 @@ def _markdown(runs: dict[str, dict[str, Any]]) -> str:
         f"Synthetic clustered unit vectors (one chunk per document), queries perturbed from stored vectors; "
         f"Recall@{K} against exact float32 brute force. *tierflow* is `Searcher.search_vectors` (what "
         "`tierflow search` and `tierflow serve` run once the query is embedded: manifest check, FAISS, "
-        "chunk rows, documents ranked by best chunk, results with text, lineage and metadata); *bare FAISS* "
+        "chunk rows, documents ranked by best chunk, results with ids, scores and text; lineage, metadata and "
+        "duplicates are made when read, which this benchmark does not); *bare FAISS* "
         f"is `faiss.read_index` of the same segment file and `index.search(q, {K})`. Single queries, one per "
         "call, FAISS on one thread, the sides interleaved in rounds. Acceptance (issue 8): tierflow QPS >= "
         f"{TARGET_RATIO}x bare FAISS at Recall@{K} >= {TARGET_RECALL}.",

@@ -142,6 +142,11 @@ class PreparedSearch:
         # Parameters are built with keyword arguments: the faiss wrapper then keeps the selector alive.
         self._extra: dict[str, Any] = {"sel": excluded} if excluded is not None else {}
         self._params: dict[int, Any] = {}  # efSearch -> search parameters
+        self.dim = int(index.d)
+        # FAISS's Python search (index.search) checks and allocates what search() does, in more Python:
+        # calling the C++ search it wraps saves a single query some 5 µs.
+        self._search_c = self.searched.search_c
+        self._pointer = faiss.swig_ptr
 
     def _parameters(self, k: int) -> Any:
         ef = max(self.ef_search, k)
@@ -158,11 +163,18 @@ class PreparedSearch:
     def search(self, queries: np.ndarray, k: int, ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Scores and positions (with ``ids``: vector ids) of the best ``min(k, ntotal)`` of each query,
         best first; -1 where there are fewer."""
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
         k = min(k, self.ntotal)
+        n = len(queries)
         if k <= 0:
-            empty = np.zeros((len(queries), 0))
+            empty = np.zeros((n, 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        scores, labels = self.searched.search(queries, k, params=self._parameters(k))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores = np.empty((n, k), dtype=np.float32)
+        labels = np.empty((n, k), dtype=np.int64)
+        pointer = self._pointer
+        self._search_c(n, pointer(queries), k, pointer(scores), pointer(labels), self._parameters(k))
         if ids and self.id_map is not None:
             labels = np.where(labels >= 0, self.id_map[labels], labels)
         return scores, labels

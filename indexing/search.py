@@ -25,9 +25,9 @@ import json
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 from itertools import repeat
-from operator import gt, itemgetter
+from operator import gt
 from pathlib import Path
 from typing import Any, cast
 
@@ -92,61 +92,6 @@ def _tier_set(tiers: Collection[str] | None) -> frozenset[str]:
     return frozenset(tiers)
 
 
-class _ParsedOnRead:
-    """A dataclass field holding a JSON object: set to a dict, or to JSON text, which is parsed into a new
-    dict the first time the field is read. A result carries its chunk's lineage, and most callers never
-    read it: parsing the lineage of ten results took a query some 20 µs."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.attribute = f"_{name}"
-
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        if obj is None:
-            raise AttributeError(self.attribute)  # no default: dataclasses make the field a required argument
-        value = getattr(obj, self.attribute)
-        if isinstance(value, str):
-            value = json.loads(value)
-            setattr(obj, self.attribute, value)
-        return value
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        setattr(obj, self.attribute, value)
-
-
-@dataclass
-class SearchResult:
-    """One document hit: its best chunk, score (cosine), lineage, and linked duplicates."""
-
-    doc_id: str
-    score: float
-    text: str
-    chunk_id: str
-    vector_id: int
-    tier: str
-    lineage: dict[str, Any] = _ParsedOnRead()  # type: ignore[assignment]
-    duplicates: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-Picked = tuple[Entry, float, str]
-"""A document's best chunk as search returns it: what it reads of the chunk's row (a segment's
-:attr:`~indexing.segment.ChunkColumns.entries`: doc id, vector id, chunk id, text, lineage), its score and
-its tier."""
-
-
-@dataclass(frozen=True)
-class ChunkHit:
-    """A chunk found in any tier, with its row."""
-
-    score: float
-    vector_id: int
-    tier: str
-    row: dict[str, Any]
-
-
 class _MetadataCache(dict[str, dict[str, Any]]):
     """Document id -> its metadata, parsed from the document table on first use (an absent document has
     none). Looked up as ``cache[doc_id]``: a hit stays in C. Search hands out copies: documents without
@@ -179,6 +124,121 @@ class _DocView:
     @property
     def batches(self) -> list[str]:
         return sorted(set(self.cold.values()))
+
+
+class _Empty:
+    """The default of a :class:`SearchResult` field that starts empty (a dataclass default must be
+    immutable): setting it stores a new empty list or dict."""
+
+    def __repr__(self) -> str:
+        return "<empty>"
+
+
+_EMPTY: Any = _Empty()
+
+
+class _ReadLater:
+    """A :class:`SearchResult` field that a search fills with what the value is made from (the chunk's
+    lineage as JSON text, the document table's view for metadata and duplicates), made into the value the
+    first time the field is read and kept. Most callers read a result's ids and scores only: making ten
+    results' lineage, metadata and duplicate lists took a query some 10 µs. Each result makes its own copy,
+    so a caller may change it.
+
+    Args:
+        source: The type of what a search stores; a value of another type is the field's value.
+        make: ``make(result, stored)``: the value.
+        empty: Makes the field's default (None: the field is required).
+    """
+
+    def __init__(
+        self, source: type, make: Callable[[SearchResult, Any], Any], empty: Callable[[], Any] | None = None
+    ) -> None:
+        self.source = source
+        self.make = make
+        self.empty = empty
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: SearchResult | None, owner: type | None = None) -> Any:
+        if obj is None:
+            if self.empty is None:
+                raise AttributeError(self.name)  # no default: dataclasses make the field a required argument
+            return _EMPTY
+        value = getattr(obj, self.slot)
+        if isinstance(value, self.source):
+            value = self.make(obj, value)
+            setattr(obj, self.slot, value)
+        return value
+
+    def __set__(self, obj: SearchResult, value: Any) -> None:
+        setattr(obj, self.slot, self.empty() if value is _EMPTY and self.empty is not None else value)
+
+
+@dataclass
+class SearchResult:
+    """One document hit: its best chunk, score (cosine), lineage, and linked duplicates.
+
+    A result made by a search reads its lineage, metadata and duplicates when they are first read, from
+    what the search found (the chunk's row, the document table of the manifest searched): the values are
+    those of the manifest it was searched under, whatever was committed since.
+
+    Example:
+        >>> [result] = searcher.search("fever", k=1)
+        >>> result.doc_id, result.score, result.metadata.get("lang")
+    """
+
+    __slots__ = (
+        "doc_id",
+        "score",
+        "text",
+        "chunk_id",
+        "vector_id",
+        "tier",
+        "_lineage",
+        "_duplicates",
+        "_metadata",
+    )
+
+    doc_id: str
+    score: float
+    text: str
+    chunk_id: str
+    vector_id: int
+    tier: str
+    lineage: dict[str, Any] = _ReadLater(str, lambda _, text: json.loads(text))  # type: ignore[assignment]
+    duplicates: list[str] = _ReadLater(  # type: ignore[assignment]
+        _DocView, lambda result, view: list(view.linked.get(result.doc_id, ())), list
+    )
+    metadata: dict[str, Any] = _ReadLater(  # type: ignore[assignment]
+        _DocView, lambda result, view: dict(view.metadata[result.doc_id]), dict
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __reduce__(self) -> tuple[type[SearchResult], tuple[Any, ...]]:
+        # Copies and pickles carry the values, not the document table a search's result reads them from.
+        return SearchResult, tuple(getattr(self, f.name) for f in fields(self))
+
+
+_new_result = object.__new__
+
+Picked = tuple[Entry, float, str]
+"""A document's best chunk as search returns it: what it reads of the chunk's row (a segment's
+:attr:`~indexing.segment.ChunkColumns.entries`: doc id, vector id, chunk id, text, lineage), its score and
+its tier."""
+
+
+@dataclass(frozen=True)
+class ChunkHit:
+    """A chunk found in any tier, with its row."""
+
+    score: float
+    vector_id: int
+    tier: str
+    row: dict[str, Any]
 
 
 class Searcher:
@@ -380,7 +440,7 @@ class Searcher:
         when there is something to search)."""
         searched = _SEARCHED_ALL if tiers is None else ",".join(t for t in TIERS if t in _tier_set(tiers))
         started = time.perf_counter()
-        if _tracing_off():  # a span that nothing records still costs a search some 10 µs
+        if _tracing_off(started):  # a span that nothing records still costs a search some 10 µs
             results = self._search_documents(n_queries, embed, k, tiers, where, manifest)
         else:
             attributes = {"tierflow.queries": n_queries, "tierflow.k": k, "tierflow.tiers": searched}
@@ -425,7 +485,8 @@ class Searcher:
                 if where and len(documents) < k and len(hits) >= fetch and fetch < FILTER_MAX_CHUNKS:
                     short.append(q)
             pending, fetch = short, min(fetch * FILTER_GROWTH, FILTER_MAX_CHUNKS)
-        done = cast(list[list[SearchResult]], results)  # every query has its results now
+        # Every query has its results now (the type as text: list[...] would build two aliases a search).
+        done = cast("list[list[SearchResult]]", results)
         if self.access is not None:
             self.access.record([r.doc_id for found in done for r in found])
         return done
@@ -455,9 +516,9 @@ class Searcher:
         ):
             if -1 in rows or not all(map(gt, found, found[1:])):
                 continue  # fewer than k + 1 chunks, or equal scores: the full path orders them
-            chosen = list(map(entries.__getitem__, rows[:k]))
-            if len(set(map(itemgetter(0), chosen))) == k:  # else a document holds two of them
-                results[q] = self._results(zip(chosen, found, tier, strict=False), view)
+            # None when a document holds two of the first k: the full path ranks documents.
+            chosen = map(entries.__getitem__, rows[:k])
+            results[q] = self._results(zip(chosen, found, tier, strict=False), view, distinct=True)
 
     def _first_candidates(
         self,
@@ -476,23 +537,29 @@ class Searcher:
                 results[q] = self._results(documents, view)
 
     @staticmethod
-    def _results(documents: Iterable[Picked], view: _DocView) -> list[SearchResult]:
-        """The search results of ``documents``: each one's best chunk, its score and its tier."""
-        linked, metadata = view.linked, view.metadata
-        return [
-            SearchResult(
-                doc_id,
-                score,
-                text,
-                chunk_id,
-                vid,
-                tier,
-                lineage,  # type: ignore[arg-type]  # JSON text, parsed if it is read (_ParsedOnRead)
-                linked.get(doc_id, []),
-                dict(metadata[doc_id]),
-            )
-            for (doc_id, vid, chunk_id, text, lineage), score, tier in documents
-        ]
+    def _results(
+        documents: Iterable[Picked], view: _DocView, distinct: bool = False
+    ) -> list[SearchResult] | None:
+        """The search results of ``documents``: each one's best chunk, its score and its tier; lineage,
+        metadata and duplicates are made when read (:class:`_ReadLater`). With ``distinct``, None when two
+        of them are chunks of one document (checked here: a second pass over the rows would cost a query
+        some 3 µs, each row a trip to memory)."""
+        results: list[SearchResult] = []
+        seen: set[str] = set()
+        for (doc_id, vid, chunk_id, text, lineage), score, tier in documents:
+            if distinct:
+                if doc_id in seen:
+                    return None
+                seen.add(doc_id)
+            # Slots set directly: the dataclass __init__ would run the fields' descriptors.
+            result = _new_result(SearchResult)
+            result.doc_id, result.score, result.text, result.chunk_id = doc_id, score, text, chunk_id
+            result.vector_id, result.tier = vid, tier
+            # The slots of the _ReadLater fields (not attributes mypy knows).
+            result._lineage = lineage  # type: ignore[attr-defined]
+            result._duplicates = result._metadata = view  # type: ignore[attr-defined]
+            results.append(result)
+        return results
 
     @staticmethod
     def _best_documents(
@@ -548,8 +615,26 @@ def _search_seconds(searched: str) -> Any:
     return found
 
 
-def _tracing_off() -> bool:
+TRACING_RECHECK_S = 1.0  # how long search trusts that no tracer provider is installed
+_NO_TRACER_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_tracing_off_until = -math.inf  # time.perf_counter() until which tracing is known to be off
+
+
+def _tracing_off(now: float) -> bool:
     """No tracer provider is installed (OpenTelemetry's no-op API is in place): a span would record
-    nothing."""
+    nothing.
+
+    Once found off, that is trusted for :data:`TRACING_RECHECK_S` from ``now`` (a ``perf_counter`` time):
+    looking (:func:`tracing.configure`, OpenTelemetry's global provider) cost a search up to 10 µs after
+    FAISS has evicted the CPU caches. A provider installed later records the searches from the next look
+    on; once installed it stays (OpenTelemetry sets the global provider once per process), so tracing
+    found on is looked up on every search.
+    """
+    global _tracing_off_until
+    if now < _tracing_off_until:
+        return True
     tracing.configure()
-    return isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    if isinstance(trace.get_tracer_provider(), _NO_TRACER_PROVIDERS):
+        _tracing_off_until = now + TRACING_RECHECK_S
+        return True
+    return False
