@@ -601,21 +601,43 @@ class HotIndex:
         return name
 
     def doc_vectors(
-        self, states: list[DocState], manifest: Manifest | None = None
+        self, states: list[DocState], manifest: Manifest | None = None, whole_tables: bool = True
     ) -> tuple[list[dict[str, Any]], np.ndarray]:
         """The chunk rows and vectors of canonical documents held in hot or warm segments, grouped by
-        document in the order given (what a move between tiers copies)."""
+        document in the order given (what a move between tiers copies).
+
+        Args:
+            states: The documents' committed states (their ``segment_id`` and ``n_chunks``).
+            manifest: The generation to read (default: current).
+            whole_tables: Load each segment's chunk table whole and keep it for later calls (a lifecycle
+                run copies a segment's documents part by part); False reads only these documents' rows
+                (:meth:`~indexing.segment.SegmentReader.read_rows`: a few documents read once).
+
+        Raises:
+            IndexCorrupt: A document's segment is not live, or one of its files fails its checks.
+        """
         manifest = manifest or self.manifest()
         lives = {live.info.segment_id: live for live in manifest.segments}
+        placed: list[tuple[str, list[int]]] = []  # each document's segment and vector ids, in order
+        wanted: dict[str, list[int]] = {}  # segment id -> the vector ids to read from it (one read each)
+        for state in states:
+            segment_id = state.segment_id
+            if segment_id is None or segment_id not in lives:
+                raise IndexCorrupt(f"document {state.doc_id!r} names segment {segment_id}, not live")
+            ids = doc_vector_ids(state.doc_id, state.n_chunks)
+            placed.append((segment_id, ids))
+            wanted.setdefault(segment_id, []).extend(ids)
+        found: dict[tuple[str, int], dict[str, Any]] = {}
+        for segment_id, ids in wanted.items():
+            reader = self.reader(lives[segment_id])
+            read = reader.rows(ids) if whole_tables else reader.read_rows(ids)
+            found.update(((segment_id, vid), row) for vid, row in zip(ids, read, strict=True))
         rows: list[dict[str, Any]] = []
         parts: list[np.ndarray] = []
-        for state in states:
-            if state.segment_id not in lives:
-                raise IndexCorrupt(f"document {state.doc_id!r} names segment {state.segment_id}, not live")
-            reader = self.reader(lives[state.segment_id])
-            ids = doc_vector_ids(state.doc_id, state.n_chunks)
-            rows.extend(reader.rows(ids))
-            parts.append(np.vstack([reader.index.reconstruct(vid) for vid in ids]))
+        for segment_id, ids in placed:
+            index = self.reader(lives[segment_id]).index
+            rows.extend(found[(segment_id, vid)] for vid in ids)
+            parts.append(np.vstack([index.reconstruct(vid) for vid in ids]))
         dim = manifest.segments[0].info.dim if manifest.segments else 0
         vectors = np.vstack(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
         return rows, vectors

@@ -31,6 +31,11 @@ INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.parquet"
 META_FILE = "segment.json"
 
+CHUNK_ROW_GROUP_ROWS = 1024
+"""Rows per Parquet row group of a chunk table: a few rows are read by decoding only the groups that hold
+them (:meth:`SegmentReader.read_rows`); a whole table reads as fast as in one group, and the file is some
+2 % larger."""
+
 ENTRY_FIELDS = ("doc_id", "vector_id", "chunk_id", "text", "lineage")
 """What :attr:`ChunkColumns.entries` holds of each row, in this order (an :data:`Entry`)."""
 Entry = tuple[str, int, str, str, str]
@@ -115,7 +120,7 @@ def _write_segment_files(
         handle.flush()
         os.fsync(handle.fileno())
     table = pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA)
-    pq.write_table(table, seg_dir / CHUNKS_FILE, compression="zstd")
+    pq.write_table(table, seg_dir / CHUNKS_FILE, compression="zstd", row_group_size=CHUNK_ROW_GROUP_ROWS)
     with open(seg_dir / CHUNKS_FILE, "rb+") as handle:
         os.fsync(handle.fileno())
     files = {name: sha256_file(seg_dir / name) for name in (INDEX_FILE, CHUNKS_FILE)}
@@ -280,6 +285,49 @@ class SegmentReader:
         """
         columns = self.columns
         return [columns.row(columns.row_of(v)) for v in vector_ids]
+
+    def read_rows(self, vector_ids: list[int]) -> list[dict[str, Any]]:
+        """The chunk rows for ``vector_ids`` (same order; as :meth:`rows` gives them), read from the checked
+        chunk file without building :attr:`columns` or keeping the table: for a few rows of a segment read
+        once, such as the windows of one document a re-ingest may reuse (building the columns turns every
+        row of the segment into Python objects). Only the ``vector_id`` column and the row groups that hold
+        the rows are decoded (:data:`CHUNK_ROW_GROUP_ROWS`; a segment written as one group is decoded
+        whole). Uses the columns or the table when this reader holds them already.
+
+        Raises:
+            KeyError: A vector id the segment does not hold.
+            IndexCorrupt: The chunk file fails its checksum or cannot be read.
+        """
+        if self._columns is not None:
+            return self.rows(vector_ids)
+        if self._chunks is not None:
+            return _take(self._chunks, vector_ids)
+        data = self._verified_bytes(CHUNKS_FILE)
+        try:
+            parquet = pq.ParquetFile(pa.BufferReader(data))
+            stored = parquet.read(columns=["vector_id"]).column("vector_id").to_numpy()
+            sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
+            starts = np.cumsum([0, *sizes])
+            rows = np.flatnonzero(np.isin(stored, np.asarray(vector_ids, dtype=np.int64)))
+            groups = sorted(set((np.searchsorted(starts, rows, side="right") - 1).tolist()))
+            table = parquet.read_row_groups(groups)
+        except (OSError, pa.ArrowException) as err:
+            raise corrupt_segment_error(
+                self.seg_dir, f"file {self.seg_dir / CHUNKS_FILE} cannot be read: {err}"
+            ) from err
+        return _take(table, vector_ids)
+
+
+def _take(table: pa.Table, vector_ids: list[int]) -> list[dict[str, Any]]:
+    """The rows of ``table`` (some of a chunk table) for ``vector_ids``, in that order.
+
+    Raises:
+        KeyError: A vector id ``table`` does not hold.
+    """
+    stored = table.column("vector_id").to_numpy()
+    found = np.flatnonzero(np.isin(stored, np.asarray(vector_ids, dtype=np.int64)))
+    position = dict(zip(stored[found].tolist(), found.tolist(), strict=True))
+    return table.take(pa.array([position[v] for v in vector_ids], pa.int64())).to_pylist()
 
 
 class ChunkColumns:

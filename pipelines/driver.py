@@ -9,6 +9,7 @@ Beam stages, with only the committed documents they can touch (:func:`committed_
 
 1. **validate**: every event is checked by the document suite (Great Expectations), as the pipeline's
    validate stage would; failures become dead letters and go through the pipeline to its dead-letter sink.
+   The pipeline's validate stage then only counts what it is given (``index_items(validated=True)``).
 2. **settle**: a valid document whose events the committed state answers without a plan (the same
    content made the same way: ``skipped_unchanged``, with its newer version, metadata and source recorded
    when it brings one; a replayed delete; a stale version) is settled here. Nothing about it is embedded,
@@ -16,7 +17,8 @@ Beam stages, with only the committed documents they can touch (:func:`committed_
    document changes in this run is never settled: the pipeline may have to promote it.
 3. **the rest** (new and changed documents, deletes, dead letters, and in ``full`` sync the committed
    documents of the run's files that it no longer contains) runs through
-   :func:`pipelines.stages.index_items`; the settled states join its single commit. When nothing is left
+   :func:`pipelines.stages.index_items` (on :data:`DRIVER_RUNNER` unless the options name a runner); the
+   settled states join its single commit, staged in a file its commit step reads. When nothing is left
    the settled states are committed from here, by the same commit step, without a pipeline.
 
 Either way a run makes one commit (or none when nothing changed at all), with the same counts and document
@@ -39,9 +41,9 @@ from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, DocState
 from indexing.hot import HotIndex
 from pipelines.dedup import Candidate, candidate_keys, signature
 from pipelines.reconcile import reconcile
-from pipelines.stages import index_items, run_pipeline, run_summary, write_resolved
+from pipelines.stages import index_items, run_pipeline, run_summary
 from pipelines.validate import DocumentValidator
-from pipelines.write import commit_items
+from pipelines.write import commit_items, write_resolved
 from tierflow import logs, metrics, tracing
 from tierflow.config import IngestConfig
 from tierflow.deadletter import DeadLetter
@@ -51,6 +53,10 @@ from tierflow.records import DocumentEvent, embeddable_text
 LOG = logging.getLogger(__name__)
 Item = DocumentEvent | DeadLetter
 BATCH_ITEMS = 1000  # items per element of the pipeline's input, so that runners spread the work
+# The runner for input the driver holds, unless the options name one: Beam's in-process FnApiRunner, the
+# one the DirectRunner runs a batch pipeline on, without the DirectRunner's own steps first (two graph
+# visits, and an attempt to start the Prism runner, which translates the whole graph once more).
+DRIVER_RUNNER = "--runner=FnApiRunner"
 
 
 @dataclass
@@ -156,6 +162,7 @@ def run_items(
     beam_args: list[str] | None = None,
     full_sync: frozenset[str] | None = None,
     resolved: list[tuple[str, Any]] | None = None,
+    index: HotIndex | None = None,
 ) -> dict[str, Any]:
     """Index ``items`` (events and dead letters held by the driver) in one commit; return its summary.
 
@@ -165,20 +172,21 @@ def run_items(
         run: The run's identity.
         sources: Source positions the commit records.
         shards: Write shards for the pipeline's segments.
-        beam_args: Beam pipeline options.
+        beam_args: Beam pipeline options (default runner: :data:`DRIVER_RUNNER`).
         full_sync: Source uris the run covers completely (their committed documents without an event in
             ``items`` are deleted).
         resolved: Commit items the caller decided already (e.g. ``("stat", ("files_unchanged", n))``).
+        index: The index directory's :class:`HotIndex`, when the caller keeps one across runs (a stream):
+            its document table is then read again only when the generation changed.
 
     Returns:
         The run's entry in the manifest history (as :func:`pipelines.stages.run_pipeline`).
     """
-    docs = HotIndex(config.index_dir).docs()
+    docs = (index or HotIndex(config.index_dir)).docs()
     events = [item for item in items if isinstance(item, DocumentEvent)]
     dead = [item for item in items if isinstance(item, DeadLetter)]
     with logs.run_context(run.run_id):
-        # With nothing committed nothing can be settled: the pipeline's own validate stage does it all.
-        valid, rejected = DocumentValidator(config.validation).validate(events) if docs else (events, [])
+        valid, rejected = DocumentValidator(config.validation).validate(events)
         settled = settle(valid, [*dead, *rejected], docs, run.fingerprint)
         gone: set[str] = set()
         if full_sync is not None:
@@ -210,6 +218,9 @@ def run_items(
         resolved.append(("stat", ("events_valid", n_settled)))
     if settled.rest or gone:
         rest = settled.rest
+        args = list(beam_args or [])
+        if not any(arg.startswith("--runner") for arg in args):
+            args.append(DRIVER_RUNNER)
         staged = write_resolved(config.index_dir, run, resolved) if resolved else None
         try:
             return run_pipeline(
@@ -224,10 +235,11 @@ def run_items(
                     full_sync,
                     committed_states=committed_subset(docs, rest, config, gone),
                     resolved_file=str(staged) if staged else None,
+                    validated=True,
                 ),
                 config,
                 run,
-                beam_args,
+                args,
             )
         finally:
             if staged is not None:

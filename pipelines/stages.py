@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,15 @@ from pipelines.dedup import Candidate, Link, best_link, candidate_keys, links_in
 from pipelines.reconcile import DELETE, Outcome, Plan, merge_outcomes, reconcile
 from pipelines.traced import TracedDoFn, traced
 from pipelines.validate import DocumentValidator
-from pipelines.write import PREVIOUS, CommitRun, DocChunks, EmbedChunks, HotTierWriteConfig, WriteDeadLetters
+from pipelines.write import (
+    PREVIOUS,
+    RESOLVED,
+    CommitRun,
+    DocChunks,
+    EmbedChunks,
+    HotTierWriteConfig,
+    WriteDeadLetters,
+)
 from tierflow import logs, metrics, tracing
 from tierflow.config import IngestConfig, to_dict
 from tierflow.deadletter import DeadLetter
@@ -52,25 +59,32 @@ class ValidateBatch(TracedDoFn):
     Expectations batch.
 
     Emits ``("event", DocumentEvent)``, ``("dead", DeadLetter)`` and ``("stat", (name, n))``.
+
+    Args:
+        config: Ingest settings (the suite's limits).
+        validated: The caller ran the suite on these items already (its rejections are among the dead
+            letters): every event passes as valid and is counted as this stage counts, without a second
+            Great Expectations run.
     """
 
     span_name = "tierflow.validate"
 
-    def __init__(self, config: IngestConfig) -> None:
+    def __init__(self, config: IngestConfig, validated: bool = False) -> None:
         self.config = config
+        self.validated = validated
         self._validator: DocumentValidator | None = None
 
     def setup(self) -> None:
-        self._validator = DocumentValidator(self.config.validation)
-        self._validator.warm_up()
+        if not self.validated:
+            self._validator = DocumentValidator(self.config.validation)
+            self._validator.warm_up()
 
     def process(self, items: list[DocumentEvent | DeadLetter]) -> Iterator[tuple[str, Any]]:
-        assert self._validator is not None
         events = [item for item in items if isinstance(item, DocumentEvent)]
         for item in items:
             if isinstance(item, DeadLetter):
                 yield ("dead", item)
-        valid, rejected = self._validator.validate(events)
+        valid, rejected = self._check(events)
         metrics.count("stage_documents", "source", "out", value=len(items))
         metrics.count("stage_documents", "parse", "in", value=len(items))
         metrics.count("stage_documents", "parse", "out", value=len(events))
@@ -85,23 +99,33 @@ class ValidateBatch(TracedDoFn):
         yield ("stat", ("events_valid", len(valid)))
         yield ("stat", ("batches_read", 1))
 
+    def _check(self, events: list[DocumentEvent]) -> tuple[list[DocumentEvent], list[DeadLetter]]:
+        if self.validated:
+            return events, []
+        assert self._validator is not None
+        return self._validator.validate(events)
+
 
 # ---- reconcile -----------------------------------------------------------------------------------
 class Reconcile(beam.DoFn):
-    """Per document: its events vs its committed state -> a plan, promotions, a skip, or nothing."""
+    """Per document: its events vs its committed state -> a plan, promotions, a skip, or nothing.
+
+    Takes one key of the reconcile join: ``(doc id, [("event" | "state" | "dup", value), ...])``.
+    """
 
     def __init__(self, fingerprint: str, full_sync_uris: frozenset[str] | None) -> None:
         self.fingerprint = fingerprint
         self.full_sync_uris = full_sync_uris
 
-    def process(self, element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, Any]]:
-        doc_id, group = element
+    def process(self, element: tuple[str, Iterable[tuple[str, Any]]]) -> Iterator[tuple[str, Any]]:
+        doc_id, joined = element
+        group = _by_tag(joined, "event", "state", "dup")
         states = group["state"]
         outcome: Outcome = reconcile(
             doc_id,
-            list(group["events"]),
+            group["event"],
             states[0] if states else None,
-            list(group["dups"]),
+            group["dup"],
             self.fingerprint,
             self.full_sync_uris,
         )
@@ -126,17 +150,21 @@ class Upsert:
 
 
 class Decide(TracedDoFn):
-    """Per new document: canonical (to be embedded) or a duplicate linked to its best target."""
+    """Per new document: canonical (to be embedded) or a duplicate linked to its best target.
+
+    Takes one key of the dedup join: ``(doc id, [("upsert" | "link", value), ...])``.
+    """
 
     span_name = "tierflow.dedup"
 
     def __init__(self, run: RunContext) -> None:
         self.run = run
 
-    def process(self, element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, Any]]:
-        _, group = element
+    def process(self, element: tuple[str, Iterable[tuple[str, Any]]]) -> Iterator[tuple[str, Any]]:
+        _, joined = element
+        group = _by_tag(joined, "upsert", "link")
         for upsert in group["upsert"]:
-            link: Link | None = best_link(list(group["links"]))
+            link: Link | None = best_link(group["link"])
             metrics.count("stage_documents", "dedup", "in")
             if link:
                 metrics.count("duplicates", link.kind)
@@ -197,10 +225,14 @@ def _provenance(event: DocumentEvent, run: RunContext) -> dict[str, Any]:
     }
 
 
-def _deleted_state(plan: Plan, run: RunContext) -> tuple[str, DocState]:
+def _deleted_states(item: tuple[str, Any], run: RunContext) -> Iterator[tuple[str, DocState]]:
+    """The new state of a document a merged ``("plan", Plan)`` deletes."""
+    kind, plan = item
+    if kind != "plan" or plan.action != DELETE:
+        return
     event = plan.event
     lineage = document_lineage(run, event.source.to_dict(), event.event_time, "", {"decision": "deleted"})
-    return (
+    yield (
         "doc",
         DocState(
             doc_id=plan.doc_id,
@@ -213,14 +245,19 @@ def _deleted_state(plan: Plan, run: RunContext) -> tuple[str, DocState]:
     )
 
 
-def _upsert(plan: Plan, config: IngestConfig) -> Upsert:
+def _upserts(item: tuple[str, Any], config: IngestConfig) -> Iterator[tuple[str, tuple[str, Upsert]]]:
+    """A merged ``("plan", Plan)`` that upserts as ``(doc id, ("upsert", Upsert))``, with its dedup
+    candidate."""
+    kind, plan = item
+    if kind != "plan" or plan.action == DELETE:
+        return
     event = plan.event
     sig = (
         signature(embeddable_text(event.title, event.text), config.dedup)
         if config.dedup.near_duplicates
         else b""
     )
-    return Upsert(plan, Candidate(plan.doc_id, event.content_hash, sig, False))
+    yield plan.doc_id, ("upsert", Upsert(plan, Candidate(plan.doc_id, event.content_hash, sig, False)))
 
 
 # ---- chunk ---------------------------------------------------------------------------------------
@@ -273,10 +310,50 @@ def _body_text(state: DocState) -> str:
 
 
 # ---- assembly ------------------------------------------------------------------------------------
-def _tagged(kind: str) -> beam.PTransform:
-    """The values of one kind from a stream of ``(kind, value)`` items (one transform: every transform
-    costs Beam graph-translation time, which a micro-batch pays each run)."""
-    return beam.FlatMap(lambda item, k=kind: (item[1],) if item[0] == k else ())
+def _tagged(kind: str, key: Callable[[Any], Any] | None = None) -> beam.PTransform:
+    """The values of one kind from a stream of ``(kind, value)`` items; with ``key``, the items of that
+    kind as ``(key(value), item)`` pairs, for a join (one transform: every transform costs Beam
+    graph-translation time, which a micro-batch pays each run)."""
+    if key is None:
+        return beam.FlatMap(lambda item, k=kind: (item[1],) if item[0] == k else ())
+    return beam.FlatMap(lambda item, k=kind, f=key: ((f(item[1]), item),) if item[0] == k else ())
+
+
+def _doc_id(value: Any) -> str:
+    return str(value.doc_id)
+
+
+def _by_tag(joined: Iterable[tuple[str, Any]], *tags: str) -> dict[str, list[Any]]:
+    """One key's values of a join (see ``index_items``) by their tag; every one of ``tags`` is present."""
+    group: dict[str, list[Any]] = {tag: [] for tag in tags}
+    for tag, value in joined:
+        group[tag].append(value)
+    return group
+
+
+def _committed_by_id(state: DocState) -> Iterator[tuple[str, tuple[str, DocState]]]:
+    """A committed state for the reconcile join: under its own id, and a duplicate also under its
+    canonical document's (which may have to promote it)."""
+    yield state.doc_id, ("state", state)
+    if state.status == DUPLICATE and state.canonical_id:
+        yield state.canonical_id, ("dup", state)
+
+
+def _outcomes_by_id(item: tuple[str, Any]) -> Iterator[tuple[str, tuple[str, Any]]]:
+    """Reconcile's plans, promotions and version bumps by document, for the promotion join."""
+    if item[0] in ("plan", "promote", "bump"):
+        yield item[1].doc_id, item
+
+
+def _dead_by_shard(item: tuple[str, Any]) -> Iterator[tuple[int, DeadLetter]]:
+    if item[0] == "dead":
+        letter = item[1]
+        yield shard_of(f"{letter.source.uri}|{letter.source.position}", DEAD_LETTER_SHARDS), letter
+
+
+def _merged_outcomes(element: tuple[str, Iterable[tuple[str, Any]]]) -> list[tuple[str, Any]]:
+    group = _by_tag(element[1], "plan", "promote", "bump")
+    return merge_outcomes(group["plan"], group["promote"], group["bump"])
 
 
 def build_run_context(config: IngestConfig, run_id: str | None = None) -> RunContext:
@@ -300,6 +377,7 @@ def index_items(
     committed_states: list[DocState] | None = None,
     resolved: list[tuple[str, Any]] | None = None,
     resolved_file: str | None = None,
+    validated: bool = False,
 ) -> beam.PCollection:
     """Index ``batches`` (a PCollection of lists of parsed events and dead letters) into the hot tier.
 
@@ -315,20 +393,23 @@ def index_items(
         resolved: Commit items decided before the pipeline (``("doc", DocState)``, ``("stat", (name, n))``:
             see ``pipelines.driver.settle``), published by the same single commit. Keep it small: it is
             part of the pipeline's definition.
-        resolved_file: A pickle of more such items, written by the driver (:func:`write_resolved`); the
-            pipeline reads it, so the items pass as data rather than in the pipeline's definition.
+        resolved_file: A pickle of more such items, written by the driver
+            (:func:`pipelines.write.write_resolved`); the commit step reads it, so the items pass as data
+            rather than in the pipeline's definition, and not through the pipeline one by one.
+        validated: The caller validated the items' events with the document suite already (as
+            ``pipelines.driver.run_items`` does; its rejections come as dead letters): the validate stage
+            counts them without running the suite again.
 
     Returns:
         The commit step's output: one JSON line with the new generation.
     """
     p = batches.pipeline
     parent = tracing.current_traceparent()  # the run span (run_pipeline), for the stages' bundle spans
-    parsed = batches | "Validate" >> beam.ParDo(traced(ValidateBatch(config), parent))
-    events = parsed | "Events" >> _tagged("event")
-    dead = parsed | "Dead" >> _tagged("dead")
+    parsed = batches | "Validate" >> beam.ParDo(traced(ValidateBatch(config, validated), parent))
 
     if committed_states is not None:
-        committed = p | "CommittedDocs" >> beam.Create(committed_states)
+        # No redistributing reshuffle: the join that follows groups them anyway.
+        committed = p | "CommittedDocs" >> beam.Create(committed_states, reshuffle=False)
     else:
         index = HotIndex(config.index_dir)
         manifest = index.manifest()
@@ -343,75 +424,59 @@ def index_items(
             | "CommittedDocs" >> beam.Create(doc_groups)
             | "ReadCommitted" >> beam.FlatMap(lambda g: read_doc_row_groups(Path(g[0]), g[1]))
         )
+    # Each join is a Flatten and a GroupByKey of values the keying transform tagged already (what
+    # CoGroupByKey expands to, without its separate tagging and untagging steps).
     outcomes = (
-        {
-            "events": events | "EventsById" >> beam.Map(lambda e: (e.doc_id, e)),
-            "state": committed | "StateById" >> beam.Map(lambda s: (s.doc_id, s)),
-            "dups": committed
-            | "Duplicates" >> beam.Filter(lambda s: s.status == DUPLICATE and s.canonical_id)
-            | "DupsByCanonical" >> beam.Map(lambda s: (s.canonical_id, s)),
-        }
-        | "JoinCommitted" >> beam.CoGroupByKey()
+        (
+            parsed | "EventsById" >> _tagged("event", _doc_id),
+            committed | "StateById" >> beam.FlatMap(_committed_by_id),
+        )
+        | "EventsAndCommitted" >> beam.Flatten()
+        | "JoinCommitted" >> beam.GroupByKey()
         | "Reconcile" >> beam.ParDo(Reconcile(run.fingerprint, full_sync))
     )
     merged = (
-        {
-            "plans": outcomes
-            | "Plans" >> _tagged("plan")
-            | "PlansById" >> beam.Map(lambda pl: (pl.doc_id, pl)),
-            "promotions": outcomes
-            | "Promotions" >> _tagged("promote")
-            | "PromoById" >> beam.Map(lambda s: (s.doc_id, s)),
-            "bumps": outcomes | "Bumps" >> _tagged("bump") | "BumpsById" >> beam.Map(lambda s: (s.doc_id, s)),
-        }
-        | "JoinPromotions" >> beam.CoGroupByKey()
-        | "MergePromotions"
-        >> beam.FlatMap(
-            lambda kv: merge_outcomes(list(kv[1]["plans"]), list(kv[1]["promotions"]), list(kv[1]["bumps"]))
-        )
+        outcomes
+        | "OutcomesById" >> beam.FlatMap(_outcomes_by_id)
+        | "JoinPromotions" >> beam.GroupByKey()
+        | "MergePromotions" >> beam.FlatMap(_merged_outcomes)
     )
-    plans = merged | "MergedPlans" >> _tagged("plan")
-    deletes = (
-        plans
-        | "Deletes" >> beam.Filter(lambda pl: pl.action == DELETE)
-        | "DeletedState" >> beam.Map(_deleted_state, run)
-    )
-    upserts = (
-        plans
-        | "UpsertPlans" >> beam.Filter(lambda pl: pl.action != DELETE)
-        | "Signatures" >> beam.Map(_upsert, config)
-    )
+    deletes = merged | "DeletedStates" >> beam.FlatMap(_deleted_states, run)
+    upserts = merged | "Upserts" >> beam.FlatMap(_upserts, config)
     candidates = (
-        upserts | "NewCandidates" >> beam.Map(lambda u: u.candidate),
+        upserts | "NewCandidates" >> beam.Map(lambda kv: kv[1][1].candidate),
         outcomes | "CommittedCandidates" >> _tagged("committed"),
     ) | "AllCandidates" >> beam.Flatten()
     links = (
         candidates
         | "CandidateKeys" >> beam.FlatMap(lambda c: [(key, c) for key in candidate_keys(c, config.dedup)])
         | "GroupCandidates" >> beam.GroupByKey()
-        | "Links" >> beam.FlatMap(lambda kv: links_in_group(list(kv[1]), config.dedup))
-        | "LinksById" >> beam.Map(lambda link: (link.doc_id, link))
+        | "LinksById"
+        >> beam.FlatMap(
+            lambda kv: [(link.doc_id, ("link", link)) for link in links_in_group(list(kv[1]), config.dedup)]
+        )
     )
     decided = (
-        {"upsert": upserts | "UpsertsById" >> beam.Map(lambda u: (u.plan.doc_id, u)), "links": links}
-        | "JoinLinks" >> beam.CoGroupByKey()
+        (upserts, links)
+        | "UpsertsAndLinks" >> beam.Flatten()
+        | "JoinLinks" >> beam.GroupByKey()
         | "Decide" >> beam.ParDo(traced(Decide(run), parent))
     )
     duplicates = decided | "DuplicateStates" >> beam.Filter(lambda item: item[0] == "doc")
-    bumps = merged | "MergedBumps" >> _tagged("bump") | "BumpStates" >> beam.Map(lambda state: ("doc", state))
+    bumps = merged | "BumpStates" >> beam.FlatMap(
+        lambda item: (("doc", item[1]),) if item[0] == "bump" else ()
+    )
     written = (
         decided
         | "Canonical" >> _tagged("canonical")
         | "Chunk" >> beam.ParDo(traced(ChunkDocuments(config, shards), parent))
         | "GroupShards" >> beam.GroupByKey()
-        | "ShardLists" >> beam.MapTuple(lambda shard, docs: (shard, list(docs)))
         | "Embed" >> beam.ParDo(traced(EmbedChunks(config.embedding, config.index_dir), parent))
         | "Write" >> HotTierWriteConfig(config.index_dir, config.index, parent).create_write_transform()
     )
     dead_files = (
-        dead
-        | "DeadByShard"
-        >> beam.Map(lambda d: (shard_of(f"{d.source.uri}|{d.source.position}", DEAD_LETTER_SHARDS), d))
+        parsed
+        | "DeadByShard" >> beam.FlatMap(_dead_by_shard)
         | "GroupDead" >> beam.GroupByKey()
         | "WriteDeadLetters"
         >> beam.ParDo(
@@ -424,32 +489,15 @@ def index_items(
         | "SumStats" >> beam.CombinePerKey(sum)
         | "TagStats" >> beam.Map(lambda kv: ("stat", kv))
     )
-    settled = (
-        p
-        | "Settled" >> beam.Create([("file", resolved_file)] if resolved_file else [])
-        | "ReadSettled" >> beam.FlatMap(lambda item: read_resolved(item[1]))
-    )
-    decided_before = p | "Resolved" >> beam.Create(resolved or [])
+    # One element: what was decided before the pipeline, for the commit step (which reads the staged file).
+    decided_before = p | "Resolved" >> beam.Create([(RESOLVED, (list(resolved or []), resolved_file))])
     return (
-        (written, duplicates, bumps, deletes, dead_files, stats, settled, decided_before)
+        (written, duplicates, bumps, deletes, dead_files, stats, decided_before)
         | "Gather" >> beam.Flatten()
         | "OneCommit" >> beam.Map(lambda item: ("commit", item))
         | "GroupCommit" >> beam.GroupByKey()
         | "Commit" >> beam.ParDo(traced(CommitRun(config.index_dir, run, sources), parent))
     )
-
-
-def write_resolved(index_dir: str, run: RunContext, items: list[tuple[str, Any]]) -> Path:
-    """Stage commit items decided in the driver for the run's pipeline (see ``index_items``)."""
-    path = Path(index_dir) / "staging" / f"resolved-{run.run_id}.pickle"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
-    return path
-
-
-def read_resolved(path: str) -> list[tuple[str, Any]]:
-    """The items :func:`write_resolved` staged (the run's own file in its own index directory)."""
-    return list(pickle.loads(Path(path).read_bytes()))
 
 
 RUNNER_ALIASES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}

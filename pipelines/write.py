@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ class DocChunks:
 
 PREVIOUS = "previous"  # DocState.extra key: the version a changed document replaces (see reusable_vectors)
 REUSED = "reused_from"  # chunk metadata / lineage key: the segment whose stored vector a chunk reuses
+RESOLVED = "resolved"  # commit step input: the items decided before the pipeline (see CommitRun)
 
 
 class EmbedChunks(TracedDoFn):
@@ -68,9 +71,10 @@ class EmbedChunks(TracedDoFn):
         self._embedder = Embedder(self.config)
         self._embedder.warm_up()
 
-    def process(self, element: tuple[int, list[DocChunks]]):
+    def process(self, element: tuple[int, Iterable[DocChunks]]):
         assert self._embedder is not None
-        shard, docs = element
+        shard, grouped = element
+        docs = list(grouped)
         chunks = [chunk for doc in docs for chunk in doc.chunks]
         reused = reusable_vectors(self.index_dir, docs) if self.index_dir else {}
         for chunk in chunks:
@@ -120,19 +124,30 @@ def reusable_vectors(index_dir: str, docs: list[DocChunks]) -> dict[str, tuple[s
     previous = [(doc, doc.state.extra[PREVIOUS]) for doc in docs if doc.state.extra.get(PREVIOUS)]
     if not previous:
         return {}
-    index = HotIndex(index_dir)
+    # FAISS files memory-mapped (after their checksum) rather than copied whole into memory: a few vectors
+    # of each are taken.
+    index = HotIndex(index_dir, mmap=True)
     manifest = index.manifest()
-    found: dict[str, tuple[str, np.ndarray]] = {}
+    by_segment: dict[str, list[tuple[DocChunks, DocState]]] = {}
     for doc, before in previous:
-        try:
-            rows, vectors = index.doc_vectors([before], manifest)
+        by_segment.setdefault(str(before.segment_id), []).append((doc, before))
+    found: dict[str, tuple[str, np.ndarray]] = {}
+    for segment_id, group in by_segment.items():
+        try:  # only these documents' rows: a segment's whole chunk table is many times what they need
+            rows, vectors = index.doc_vectors([before for _, before in group], manifest, whole_tables=False)
         except IndexCorrupt:  # not live any more: embed everything
             continue
-        by_text = {row["text"]: vector for row, vector in zip(rows, vectors, strict=True)}
-        for chunk in doc.chunks:
-            vector = by_text.get(chunk.content.text or "")
-            if vector is not None and chunk.id:
-                found[chunk.id] = (str(before.segment_id), vector)
+        start = 0
+        for doc, before in group:
+            end = start + before.n_chunks
+            by_text = {
+                row["text"]: vector for row, vector in zip(rows[start:end], vectors[start:end], strict=True)
+            }
+            start = end
+            for chunk in doc.chunks:
+                vector = by_text.get(chunk.content.text or "")
+                if vector is not None and chunk.id:
+                    found[chunk.id] = (segment_id, vector)
     return found
 
 
@@ -243,7 +258,12 @@ class WriteDeadLetters(TracedDoFn):
 
 
 class CommitRun(TracedDoFn):
-    """The single commit step: publishes every segment and document state of the run in one manifest."""
+    """The single commit step: publishes every segment and document state of the run in one manifest.
+
+    Besides the stages' items it takes one ``(RESOLVED, (items, staged file or None))``: the commit items
+    decided before the pipeline, given inline and staged by :func:`write_resolved` (read here, by the one
+    step that needs them, rather than passed through the pipeline item by item).
+    """
 
     span_name = "tierflow.commit"
 
@@ -253,8 +273,30 @@ class CommitRun(TracedDoFn):
         self.sources = sources
 
     def process(self, element: tuple[str, list[tuple[str, Any]]]):
-        _, items = element
+        _, gathered = element
+        items: list[tuple[str, Any]] = []
+        for kind, value in gathered:
+            if kind == RESOLVED:
+                decided, staged = value
+                items.extend(decided)
+                if staged:
+                    items.extend(read_resolved(staged))
+            else:
+                items.append((kind, value))
         yield commit_items(self.index_dir, self.run, self.sources, items)
+
+
+def write_resolved(index_dir: str, run: RunContext, items: list[tuple[str, Any]]) -> Path:
+    """Stage commit items decided in the driver for the run's commit step (see :class:`CommitRun`)."""
+    path = Path(index_dir) / "staging" / f"resolved-{run.run_id}.pickle"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+    return path
+
+
+def read_resolved(path: str) -> list[tuple[str, Any]]:
+    """The items :func:`write_resolved` staged (the run's own file in its own index directory)."""
+    return list(pickle.loads(Path(path).read_bytes()))
 
 
 def commit_items(

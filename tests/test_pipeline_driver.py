@@ -8,6 +8,7 @@ record through Beam, and require the same committed documents, vectors and count
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
@@ -15,15 +16,22 @@ from typing import Any
 
 import pytest
 
+import indexing.hot as hot_module
+import pipelines.stream as stream_module
+from connectors.files import FileSourceConfig, plan_splits, read_split
 from indexing.docs_table import CANONICAL, DELETED
 from indexing.hot import HotIndex
-from pipelines.driver import committed_subset, settle
+from pipelines.driver import committed_subset, run_items, settle
+from pipelines.stages import build_run_context
+from pipelines.stream import MicroBatchStream
+from pipelines.validate import DocumentValidator
 from tests.helpers import config, ingest, live_vectors, write_jsonl
 from tests.test_unit_reconcile_dedup import FP, committed, duplicate_of, event
 from tierflow import metrics
 from tierflow.config import IngestConfig
 from tierflow.deadletter import DeadLetter
-from tierflow.records import SourcePosition
+from tierflow.records import DocumentEvent, SourcePosition
+from tierflow.streams import Batch, BatchPolicy
 
 
 # ---- settle (units) --------------------------------------------------------------------------------
@@ -157,7 +165,9 @@ def _state_view(index_dir: Path) -> dict[str, tuple[Any, ...]]:
 
 @pytest.mark.model
 @pytest.mark.parametrize("sync", ["incremental", "full"])
-def test_prefiltered_runs_commit_what_the_pipeline_alone_commits(tmp_path: Path, sync: str) -> None:
+def test_prefiltered_runs_commit_what_the_pipeline_alone_commits(
+    tmp_path: Path, sync: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runs = [
         (1, {}, set()),
         (2, {}, set()),  # only versions move
@@ -171,6 +181,14 @@ def test_prefiltered_runs_commit_what_the_pipeline_alone_commits(tmp_path: Path,
     ]
     summaries: dict[str, list[dict[str, Any]]] = {"driver": [], "pipeline": []}
     stage_counts: dict[str, dict[tuple[str, ...], float]] = {}
+    validated: Counter[str] = Counter()  # events through the Great Expectations suite, per path
+    validate = DocumentValidator.validate
+
+    def counting(self: DocumentValidator, events: list[DocumentEvent]) -> Any:
+        validated[name] += len(events)
+        return validate(self, events)
+
+    monkeypatch.setattr(DocumentValidator, "validate", counting)
     for name, limit in (("driver", 64 << 20), ("pipeline", 0)):
         before = _stage_documents()
         cfg = config(tmp_path / name / "hot", sync=sync, prefilter_max_bytes=limit)
@@ -186,6 +204,7 @@ def test_prefiltered_runs_commit_what_the_pipeline_alone_commits(tmp_path: Path,
     assert stage_counts["driver"] == stage_counts["pipeline"], (
         "the same documents counted in and out per stage"
     )
+    assert validated["driver"] == validated["pipeline"] > 0, "the driver's events are validated once"
     driver_hot, pipeline_hot = tmp_path / "driver" / "hot", tmp_path / "pipeline" / "hot"
     assert _state_view(driver_hot) == _state_view(pipeline_hot)
     assert sorted(live_vectors(driver_hot).values()) == sorted(live_vectors(pipeline_hot).values())
@@ -242,3 +261,64 @@ def test_unchanged_files_are_not_read_and_settings_changes_read_them_again(tmp_p
     assert limited["dead_letters"]["by_reason"] == {"too_large": 1}
     assert "files_unchanged" not in limited["counts"]
     assert ingest(folder, stricter, format="jsonl", metadata_fields=("text",))["committed"] is False
+
+
+# ---- a kept index ----------------------------------------------------------------------------------
+@pytest.mark.model
+def test_a_kept_index_reads_the_document_table_once_per_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config(tmp_path / "hot")
+    path = write_jsonl(tmp_path / "docs.jsonl", _corpus(1, {}), mtime_ns=1_000)
+    ingest(path, cfg, version_field="v")
+    index = HotIndex(cfg.index_dir)
+    before = index.manifest().docs_file
+    index.docs()
+    read: list[str] = []
+    real = hot_module.read_docs
+    monkeypatch.setattr(hot_module, "read_docs", lambda p: read.append(p.name) or real(p))
+    (split,) = plan_splits(FileSourceConfig(str(path), version_field="v"))
+    summary = run_items(list(read_split(split)), cfg, build_run_context(cfg), {}, 1, index=index)
+    assert summary["counts"]["skipped_unchanged"] == 7
+    assert read == [Path(str(before)).name], "only the commit reads the table; the driver had it already"
+
+
+class _Batches:
+    """A stream source handing over prepared micro-batches."""
+
+    def __init__(self, batches: list[Batch]) -> None:
+        self.batches = batches
+        self.acknowledged: list[Batch] = []
+
+    def start(self, resume: dict[str, str]) -> None:
+        """Nothing to resume."""
+
+    def poll(self, policy: BatchPolicy) -> Batch | None:
+        return self.batches.pop(0) if self.batches else None
+
+    def acknowledge(self, batch: Batch) -> None:
+        self.acknowledged.append(batch)
+
+    def dead_letters(self, letters: list[DeadLetter]) -> None:
+        """No dead letters here."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def test_a_stream_indexes_every_micro_batch_through_its_own_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given: list[HotIndex | None] = []
+
+    def run_items(*args: Any, index: HotIndex | None = None, **kwargs: Any) -> dict[str, Any]:
+        given.append(index)
+        return {"generation": len(given), "counts": {}, "dead_letters": {}}
+
+    monkeypatch.setattr(stream_module, "run_items", run_items)
+    batches = [Batch([event(f"d{i}", 1)], {"queue:test": str(i)}, ack=i) for i in range(3)]
+    source = _Batches(list(batches))
+    stream = MicroBatchStream(source, config(tmp_path / "hot"))
+    assert stream.run(max_batches=3) == 3
+    assert given == [stream.index] * 3, "one HotIndex, whose caches last while the generation does"
+    assert source.acknowledged == batches

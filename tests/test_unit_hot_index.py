@@ -14,10 +14,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+import indexing.segment as segment_module
 from indexing.docs_table import CANONICAL, DELETED, DocState
 from indexing.durable import sha256_file
 from indexing.faiss_index import IndexSpec
@@ -387,6 +390,49 @@ def test_compaction_can_rebuild_as_hnsw(tmp_path: Path) -> None:
     for d in ("a", "b"):
         lab.vectors[(merged, d)] = lab.vectors[({"a": s1, "b": s2}[d].segment_id, d)]
     lab.assert_search_matches({"a": merged, "b": merged}, k=6)
+
+
+def test_reading_only_some_documents_rows_gives_what_the_whole_table_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = Lab(tmp_path / "hot")
+    monkeypatch.setattr(segment_module, "CHUNK_ROW_GROUP_ROWS", 2)
+    s1, st1 = lab.segment([("a", 1, 3), ("b", 1, 2), ("c", 1, 4)])  # rows 0-2, 3-4, 5-8: five groups
+    monkeypatch.undo()
+    s2, st2 = lab.segment([("d", 1, 2), ("e", 1, 1)], spec=HNSW)  # one group
+    assert pq.ParquetFile(lab.hot.segments_dir / s1.segment_id / CHUNKS_FILE).num_row_groups == 5
+    lab.commit([s1, s2], st1 + st2)
+    states = [st2[1], st1[2], st1[0], st2[0]]  # across segments, in neither segment's order
+    whole, partial = HotIndex(lab.hot.root), HotIndex(lab.hot.root)
+    rows, vectors = whole.doc_vectors(states)
+    some_rows, some_vectors = partial.doc_vectors(states, whole_tables=False)
+    assert some_rows == rows
+    assert [row["doc_id"] for row in rows] == ["e", "c", "c", "c", "c", "a", "a", "a", "d", "d"]
+    np.testing.assert_array_equal(some_vectors, vectors)
+    np.testing.assert_array_equal(vectors[:1], lab.vectors[(s2.segment_id, "e")])
+    for segment in partial.manifest().segments:
+        assert partial.reader(segment)._columns is None, "no segment's whole table turned into objects"
+
+    read_groups: list[list[int]] = []
+    read_row_groups = pq.ParquetFile.read_row_groups
+
+    def recording(self: pq.ParquetFile, row_groups: list[int], *args: Any, **kwargs: Any) -> Any:
+        read_groups.append(list(row_groups))
+        return read_row_groups(self, row_groups, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", recording)
+    reader = HotIndex(lab.hot.root).reader(s1)
+    ids = doc_vector_ids("b", 2)[::-1]
+    some = reader.read_rows(ids)
+    assert read_groups == [[1, 2]], "only the row groups holding b's rows are decoded"
+    assert some == reader.rows(ids), "the same rows, in the order asked"
+    assert reader.read_rows(ids) == reader.rows(ids), "and from the columns once they are built"
+    with pytest.raises(KeyError):
+        HotIndex(lab.hot.root).reader(s1).read_rows([vector_id(chunk_id("zz", 0))])
+
+    flip_byte(lab.hot.segments_dir / s1.segment_id / CHUNKS_FILE)
+    with pytest.raises(IndexCorrupt, match="checksum"):
+        HotIndex(lab.hot.root).doc_vectors(states, whole_tables=False)
 
 
 # ---- corruption ------------------------------------------------------------------------------------
