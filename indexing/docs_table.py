@@ -6,7 +6,7 @@ deduplicated (canonical links), and it is rewritten whole at each commit, under 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,12 @@ class DocState:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        row.pop("extra")
-        return row
+        """The table row: every field but ``extra``. Every field is immutable (str, bytes, numbers), so no
+        copy is made (``dataclasses.asdict`` would deep-copy every value of every row)."""
+        return {name: getattr(self, name) for name in _ROW_FIELDS}
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(DocState) if f.name != "extra")
 
 
 # DocState.extra flag: a newer version of unchanged content ("renewal"). The commit applies it onto the

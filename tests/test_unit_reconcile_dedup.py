@@ -399,3 +399,24 @@ def test_signature_is_datasketchs_own_minhash() -> None:
     reference.update_batch(list(shingles(text, config.shingle_words)))
     expected = np.asarray(reference.hashvalues, dtype=np.uint64).tobytes()
     assert signature(text, config) == signature(text, config) == expected
+
+
+def test_normalise_collapses_exactly_the_whitespace_the_regex_did() -> None:
+    """Content hashes of committed documents depend on ``normalise``: it must give what the regex form
+    (``re.sub(r"\\s+", " ", ...).strip()``, its earlier body) gave, for every whitespace character."""
+    import re
+    import sys
+    import unicodedata
+
+    from tierflow.records import normalise
+
+    def by_regex(text: str) -> str:
+        return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+    spaces = [chr(i) for i in range(sys.maxunicode + 1) if re.fullmatch(r"\s", chr(i))]
+    assert "\x1c" in spaces and "\u3000" in spaces and "\u200b" not in spaces
+    rng = random.Random(3)
+    for _ in range(2000):
+        parts = [rng.choice(["Fever", "ÉCOLE", "ﬁ", "x", "", "\u200b"]) for _ in range(6)]
+        text = "".join(p + "".join(rng.choices(spaces, k=rng.randint(0, 3))) for p in parts)
+        assert normalise(text) == by_regex(text), repr(text)

@@ -7,7 +7,6 @@ here give them deterministic ids and the 64-bit vector id FAISS stores.
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -71,12 +70,11 @@ class DocumentEvent:
         return content_hash(embeddable_text(self.title, self.text))
 
 
-_SPACE = re.compile(r"\s+")
-
-
 def normalise(text: str) -> str:
     """Unicode NFKC, case-folded, whitespace collapsed: the form exact dedup compares."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    # str.split() splits at exactly the characters regex \s matches (str.isspace), so this is the
+    # regex-collapsed, stripped text, in about half the time.
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def content_hash(text: str) -> str:
