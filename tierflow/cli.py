@@ -657,9 +657,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "kind",
         nargs="?",
-        choices=("ingest", "stream", "lifecycle", "peers", "search"),
+        choices=("ingest", "stream", "lifecycle", "peers", "search", "gpu"),
         default="ingest",
-        help="peers and search have their own options (tierflow bench peers --help)",
+        help="peers, search and gpu have their own options (tierflow bench peers --help)",
     )
     bench.add_argument("--rate", type=float, default=50.0, help="stream: documents per second")
     bench.add_argument(
@@ -713,6 +713,10 @@ def main(argv: list[str] | None = None) -> int:
         from indexing.bench_search import main as bench_search_main
 
         return bench_search_main(argv[2:])
+    if argv[:2] == ["bench", "gpu"]:
+        from indexing.bench_gpu import main as bench_gpu_main
+
+        return bench_gpu_main(argv[2:])
     if argv[:2] == ["eval", "import-log"]:
         from evaluation.querylog import querylog_main
 
