@@ -9,7 +9,7 @@ broker, no S3, so it also runs where only those are installed. Without a GPU it 
 says, for each check, that it did not run.
 
 1. **windows**: the first ``--limit`` documents of the dataset, cut by tierflow's chunker at its default
-   settings (the windows a batch run embeds), and the dataset's queries.
+   settings (the windows a batch run embeds), and the dataset's judged test queries.
 2. **embedding**: the windows and queries on the CPU at float32 (the reference), then on every CUDA device
    the embedder resolves (``embedding.device = auto``) at its ``auto`` precision (fp16 on a GPU). chunks/s
    after a warm-up batch. Correct when every window's vector has a cosine of at least
@@ -33,15 +33,19 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evaluation.beir import BeirDataset, load_beir
 from indexing.embedder import Embedder, model_dir, resolve_device
+from indexing.exact import exact_top_k
 from indexing.faiss_index import IndexSpec, build_index, gpu_available, to_search_device
 from pipelines.chunking import TokenChunker
 from tierflow.config import ChunkingConfig, EmbeddingConfig
+from tierflow.errors import ConfigError
 
 COSINE_TOLERANCE = 0.999  # each window's vector on the device against its CPU float32 vector
 NEIGHBOUR_OVERLAP = 0.95  # mean share of a query's top-10 windows the device's vectors keep
@@ -54,22 +58,13 @@ def _say(line: str) -> None:
     print(f"bench gpu: {line}", file=sys.stderr, flush=True)
 
 
-def read_windows(dataset: Path, limit: int, chunking: ChunkingConfig, tokenizer: Path) -> list[str]:
+def read_windows(dataset: BeirDataset, limit: int, chunking: ChunkingConfig, tokenizer: Path) -> list[str]:
     """The texts of the windows tierflow's chunker cuts the first ``limit`` documents into (0 = all)."""
     chunker = TokenChunker(chunking, tokenizer)
     windows: list[str] = []
-    with (dataset / "corpus.jsonl").open(encoding="utf-8") as lines:
-        for n, line in enumerate(lines):
-            if limit and n >= limit:
-                break
-            record = json.loads(line)
-            windows += [c.text for c in chunker.chunk(record.get("title") or "", record.get("text") or "")]
+    for record in islice(dataset.iter_corpus(), limit or None):
+        windows += [c.text for c in chunker.chunk(record.get("title") or "", record.get("text") or "")]
     return windows
-
-
-def read_queries(dataset: Path) -> list[str]:
-    with (dataset / "queries.jsonl").open(encoding="utf-8") as lines:
-        return [json.loads(line)["text"] for line in lines if line.strip()]
 
 
 def embed_on(
@@ -103,13 +98,9 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def top_k(windows: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
-    """Exact top-``k`` window ids per query by inner product (numpy, float32)."""
-    scores = queries @ windows.T
-    k = min(k, windows.shape[0])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+def top_k(windows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Exact top-:data:`K` window ids per query."""
+    return exact_top_k(queries, windows, np.arange(windows.shape[0], dtype=np.int64), K)
 
 
 def embedding_check(
@@ -174,8 +165,9 @@ def same_ids(cpu: dict[str, Any], gpu: dict[str, Any]) -> dict[str, Any]:
 def bench_gpu(dataset: Path, limit: int, out: Path, model_path: str = "") -> dict[str, Any]:
     """Run the checks and measurements; write ``bench-gpu.json`` and ``.md`` into ``out``."""
     base = EmbeddingConfig(model_path=model_path)
-    windows = read_windows(dataset, limit, ChunkingConfig(), model_dir(base) / "tokenizer.json")
-    queries = read_queries(dataset)
+    beir = load_beir(dataset)
+    windows = read_windows(beir, limit, ChunkingConfig(), model_dir(base) / "tokenizer.json")
+    queries = list(beir.queries.values())
     _say(f"{len(windows)} windows of {limit or 'all'} documents, {len(queries)} queries")
     report: dict[str, Any] = {
         "dataset": str(dataset),
@@ -256,7 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("tierflow-data/bench-gpu"), help="report folder")
     parser.add_argument("--model-path", default="", help="a model directory (default: the packaged model)")
     args = parser.parse_args(argv)
-    report = bench_gpu(args.dataset, args.limit, args.out, args.model_path)
+    try:
+        report = bench_gpu(args.dataset, args.limit, args.out, args.model_path)
+    except ConfigError as err:  # no such dataset or model: say which, and how it should look
+        print(f"tierflow: error: {err}", file=sys.stderr)
+        return 2
     print((args.out / "bench-gpu.md").read_text())
     return 1 if any(check["passed"] is False for check in report["checks"].values()) else 0
 

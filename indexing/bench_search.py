@@ -56,12 +56,13 @@ from typing import Any
 
 import numpy as np
 
+from indexing.exact import exact_top_k
 from indexing.faiss_index import IndexSpec
 from indexing.hot import HotIndex
 from indexing.manifest import Manifest
 from indexing.search import CHUNK_FANOUT, Searcher
 from indexing.segment import INDEX_FILE
-from lifecycle.bench import exact_top_k, make_queries, recall_at_k
+from lifecycle.bench import make_queries, recall_at_k
 from lifecycle.synthetic import build_synthetic_index
 from tierflow.config import EmbeddingConfig
 from tierflow.progress import bar as progress_bar

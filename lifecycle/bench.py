@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from indexing.cold import ROW_COLUMNS, ColdConfig, ColdStore
 from indexing.docs_table import CANONICAL
+from indexing.exact import exact_top_k
 from indexing.hot import HotIndex, doc_vector_ids
 from indexing.search import Searcher
 from lifecycle.policy import LifecycleConfig
@@ -52,7 +53,6 @@ OLD_AGE_S = 60 * DAY  # older than cold_after: these documents move
 COLD_AFTER = "30d"
 WARM_UP_QUERIES = 5  # searched before timing: segment files read, Lance table opened, caches filled
 QUERY_NOISE = 0.25  # norm of the perturbation added to a stored unit vector to make a query
-EXACT_BLOCK = 64  # queries per block of the exact search (bounds the score matrix)
 SETUPS = ("hot_only", "federated", "cold_flat_fp16", "cold_ivf_pq")
 LABELS = {
     "hot_only": "hot only (all vectors on flash)",
@@ -89,17 +89,6 @@ def _latency(seconds: list[float]) -> dict[str, float]:
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "mean_ms": round(float(statistics.fmean(ms)), 3),
     }
-
-
-def exact_top_k(queries: np.ndarray, matrix: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Vector ids of the exact top ``k`` by inner product (float32 brute force), best first."""
-    out = np.empty((len(queries), min(k, len(ids))), dtype=np.int64)
-    for start in range(0, len(queries), EXACT_BLOCK):
-        scores = queries[start : start + EXACT_BLOCK] @ matrix.T
-        top = np.argpartition(-scores, out.shape[1] - 1, axis=1)[:, : out.shape[1]]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
-        out[start : start + EXACT_BLOCK] = ids[np.take_along_axis(top, order, axis=1)]
-    return out
 
 
 def recall_at_k(found: list[list[int]], exact: np.ndarray) -> float:

@@ -48,3 +48,10 @@ def test_runs_on_the_cpu_and_says_what_it_could_not_check(tmp_path: Path) -> Non
     else:
         assert checks["gpu_search"]["passed"] is None and "faiss-cpu" in checks["gpu_search"]["why"]
     assert "## Checks" in (tmp_path / "bench-gpu.md").read_text()
+
+
+def test_a_missing_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "missing corpus.jsonl" in error and "expected layout" in error
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lifecycle.bench import SETUPS, bench_lifecycle, exact_top_k, recall_at_k
+from indexing.exact import exact_top_k
+from lifecycle.bench import SETUPS, bench_lifecycle, recall_at_k
 from tierflow.cli import main
 
 

@@ -21,10 +21,11 @@ from indexing.bench_search import (
     bench_search,
     main,
 )
+from indexing.exact import exact_top_k
 from indexing.faiss_index import IndexSpec
 from indexing.hot import HotIndex
 from indexing.search import CHUNK_FANOUT
-from lifecycle.bench import exact_top_k, make_queries, recall_at_k
+from lifecycle.bench import make_queries, recall_at_k
 from lifecycle.synthetic import build_synthetic_index, clustered_vectors
 
 
