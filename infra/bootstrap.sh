@@ -23,4 +23,8 @@ fi
 if ! bash infra/install-chromium.sh; then
   echo "bootstrap: could not install chromium; the report screenshot test will skip (and fail under CI)" >&2
 fi
+# promtool (from Debian's prometheus package, extracted without root) checks the Grafana dashboard's PromQL.
+if ! bash infra/install-promtool.sh; then
+  echo "bootstrap: could not fetch promtool; the dashboard PromQL test will skip (and fail under CI)" >&2
+fi
 echo "bootstrap: ready ($(.venv/bin/python -c 'import torch, faiss, apache_beam; print(f"torch {torch.__version__}, faiss {faiss.__version__}, beam {apache_beam.__version__}")'))" >&2

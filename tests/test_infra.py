@@ -885,13 +885,18 @@ def test_grafana_dashboard_is_generated() -> None:
     assert module.render() == DASHBOARD.read_text(), "run python infra/grafana/build_dashboard.py"
 
 
-PROMTOOL = os.environ.get("PROMTOOL") or shutil.which("promtool")
-
-
-@pytest.mark.skipif(
-    not PROMTOOL, reason="promtool not installed (Debian package prometheus, or set PROMTOOL)"
+PROMTOOL = (
+    os.environ.get("PROMTOOL")
+    or next((str(p) for p in [Path(sys.executable).parent / "promtool"] if p.exists()), None)
+    or shutil.which("promtool")
 )
+
+
 def test_grafana_promql_parses_with_promtool(tmp_path: Path) -> None:
+    from tests.postgres_server import skip_or_fail
+
+    if PROMTOOL is None:
+        skip_or_fail("promtool not installed (bash infra/install-promtool.sh, or set PROMTOOL)")
     assert PROMTOOL is not None
     dashboard = json.loads(DASHBOARD.read_text())
     rules = [
