@@ -29,7 +29,8 @@ from typing import Any
 from indexing.durable import fsync_dir
 
 AUDIT_FILE = "audit.jsonl"
-ACTIONS = ("commit", "retier", "compact", "gc")
+ACTIONS = ("commit", "retier", "compact", "gc", "promote", "rollback")
+UNORDERED = ("gc", "promote", "rollback")  # not a new generation of the live version: always appended
 _TAIL_BYTES = 1 << 16
 
 
@@ -87,7 +88,7 @@ def append(root: Path, action: str, entry: Mapping[str, Any], history: list[dict
             lines.append(
                 _record("commit" if missed.get("run_id") != "compaction" else "compact", missed, None, True)
             )
-    if action == "gc" or generation > done:
+    if action in UNORDERED or generation > done:
         lines.append(_record(action, entry, who, False))
     if not lines:
         return

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from operator import gt
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from indexing import audit
+from indexing import audit, versions
 from indexing.docs_table import CANONICAL, DELETED, DUPLICATE, RENEWAL, DocState, read_docs, write_docs
 from indexing.durable import (
     disk_full_error,
@@ -35,7 +35,7 @@ from indexing.durable import (
 from indexing.faiss_index import IndexSpec, PreparedSearch, excluding, index_vectors
 from indexing.manifest import CURRENT, MMAP, LiveSegment, Manifest, ManifestStore
 from indexing.segment import ChunkColumns, SegmentInfo, SegmentReader, write_segment
-from tierflow.errors import DiskFull, IncompatibleIndex, IndexCorrupt
+from tierflow.errors import DiskFull, IncompatibleIndex, IndexCorrupt, VersionError
 from tierflow.records import chunk_id, vector_id
 
 LOG = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ HISTORY_LIMIT = 50
 POINTER_SETTLED_NS = 2_000_000_000  # CURRENT older than this when read: one stat tells it is unchanged
 MAX_PREPARED_SEARCHES = 256  # prepared segment searches kept (one per segment, tombstone file, efSearch)
 HOT, WARM, COLD = "hot", "warm", "cold"
+# Index directories whose writer lock this process holds through HotIndex.writer_lock() (a promotion's
+# final catch-up and switch): commits made meanwhile by this process, on any thread, are part of it.
+_HELD: set[str] = set()
 TIERS = (HOT, WARM, COLD)
 
 
@@ -232,13 +235,18 @@ class HotIndex:
     Args:
         root: The index directory on local flash; created on first commit.
         mmap: Memory-map segment files (warm tier) instead of reading them into RAM.
+        version: An index version (``indexing.versions``) to read and commit instead of the live one,
+            e.g. a candidate that ``tierflow reindex`` builds. None (the default) follows whatever
+            version is live, across promotions and rollbacks.
     """
 
-    def __init__(self, root: Path | str, mmap: bool = False) -> None:
+    def __init__(self, root: Path | str, mmap: bool = False, version: str | None = None) -> None:
         self.root = Path(root)
         self.mmap = mmap
+        self.version = version
         self.store = ManifestStore(self.root)
         self._pointer_path = os.path.join(self.root, CURRENT)
+        self._resolve_pointer()
         self._manifests_dir = os.path.join(self.store.dir, "")
         self._readers: dict[str, SegmentReader] = {}
         self._tombstones: dict[str, np.ndarray] = {}
@@ -249,6 +257,17 @@ class HotIndex:
         self._cached_generation = -1  # the generation the reader caches were last pruned for
         self._writing: int | None = None  # the generation a write under the lock is building
         self._new_segments: list[Path] = []  # segment directories it wrote (compaction)
+
+    def _resolve_pointer(self) -> None:
+        """Point a named version's reads and commits at its pointer: ``CURRENT`` while it is live, its own
+        head otherwise (re-resolved under the writer lock, so a commit follows a switch)."""
+        if self.version is None:
+            return
+        pointer = versions.pointer_of(self.root, self.version)
+        if self.store.pointer != self.root / pointer:
+            self.store = ManifestStore(self.root, pointer)
+            self._pointer_path = os.path.join(self.root, pointer)
+            self._current = None
 
     # ---- reading -------------------------------------------------------------------------------
     @property
@@ -449,7 +468,9 @@ class HotIndex:
         """The writer lock. A write under it that fails (a full disk is :class:`DiskFull`) leaves nothing
         of the generation it was building: its document table, tombstones and new segments are removed,
         unless the manifest of that generation became current after all."""
-        with exclusive_lock(self.root / "LOCK"):
+        held = str(self.root.resolve()) in _HELD
+        with nullcontext() if held else exclusive_lock(self.root / "LOCK"):
+            self._resolve_pointer()
             self._writing, self._new_segments = None, []
             try:
                 yield
@@ -461,11 +482,26 @@ class HotIndex:
             finally:
                 self._writing, self._new_segments = None, []
 
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Hold the index directory's writer lock across several steps (a promotion: final catch-up, gate,
+        switch). Other processes' commits wait; this process's own commits, on any thread, go ahead."""
+        key = str(self.root.resolve())
+        if key in _HELD:
+            raise RuntimeError(f"the writer lock of {self.root} is held by this process already")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.root / "LOCK", timeout_s=600.0):
+            _HELD.add(key)
+            try:
+                yield
+            finally:
+                _HELD.discard(key)
+
     def _discard_failed_generation(self) -> None:
         generation = self._writing
         if generation is None:
             return
-        pointer = self.root / CURRENT
+        pointer = self.store.pointer
         try:
             if pointer.exists() and pointer.read_bytes().strip() == self.store.file_name(generation).encode():
                 return  # it was published: its files are the index now
@@ -500,11 +536,7 @@ class HotIndex:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock():
             base = self.manifest()
-            if base.embedding and request.embedding and base.embedding != request.embedding:
-                raise IncompatibleIndex(
-                    f"index at {self.root} holds vectors of {base.embedding}; refusing vectors of "
-                    f"{request.embedding}. Build a new index directory for another model."
-                )
+            refuse_mixed(self.root, base, request.embedding, request.chunking)
             docs = dict(self.docs(base))
             added: dict[str, set[int]] = {}
             applied = stale = 0
@@ -557,10 +589,12 @@ class HotIndex:
                 segments=segments,
                 docs_file=docs_file,
                 embedding=base.embedding or request.embedding,
-                chunking=request.chunking or base.chunking,
+                chunking=base.chunking or request.chunking,
                 sources={**base.sources, **request.sources},
                 history=[*base.history, summary][-HISTORY_LIMIT:],
                 cold=base.cold,
+                version=base.version or (self.version or ""),
+                index=base.index,
             )
             self.store.publish(manifest)
             self._audit(
@@ -573,6 +607,50 @@ class HotIndex:
                 base.history,
             )
             return CommitResult(generation, applied, stale, sum(len(v) for v in added.values()))
+
+    def start_version(
+        self,
+        embedding: dict[str, Any],
+        chunking: dict[str, Any],
+        index: dict[str, Any],
+        source: Manifest | None = None,
+        run_id: str = "reindex",
+    ) -> Manifest:
+        """The first state of a new index version (this index's ``version``): empty, with the identity
+        its vectors must have; or, with ``source`` (a version of the same model and chunking), that
+        state's segments, tombstones, document table and cold rows, referenced rather than copied.
+
+        Raises:
+            VersionError: The version has a committed state already.
+            IncompatibleIndex: ``source`` holds vectors of another model or chunking.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            base = self.manifest()
+            if base.generation:
+                raise VersionError(f"index version {self.version!r} at {self.root} has a committed state")
+            if source is not None:
+                refuse_mixed(self.root, source, embedding, chunking)
+            generation = self._next_generation(base)
+            summary: dict[str, Any] = {"generation": generation, "run_id": run_id, "committed_at": time.time()}
+            if source is not None:
+                summary["adopted"] = {"version": source.version, "generation": source.generation}
+            manifest = Manifest(
+                generation=generation,
+                segments=[LiveSegment.from_dict(seg.to_dict()) for seg in source.segments] if source else [],
+                docs_file=source.docs_file if source else None,
+                docs_sha256=source.docs_sha256 if source else None,
+                embedding=embedding,
+                chunking=chunking,
+                sources=dict(source.sources) if source else {},
+                history=[summary],
+                cold=dict(source.cold) if source else {},
+                version=self.version or "",
+                index=index,
+            )
+            self.store.publish(manifest)
+            self._audit("commit", summary, [])
+            return manifest
 
     def _next_generation(self, base: Manifest) -> int:
         """One past every generation on disk: after a rollback, new commits never reuse the numbers (and
@@ -690,6 +768,8 @@ class HotIndex:
                 sources=base.sources,
                 history=[*base.history, summary][-HISTORY_LIMIT:],
                 cold=request.cold or base.cold,
+                version=base.version,
+                index=base.index,
             )
             self.store.publish(manifest)
             added = [info.segment_id for info, _ in request.segments]
@@ -704,7 +784,8 @@ class HotIndex:
             groups: dict[str, list[LiveSegment]] = {}
             for live in base.segments:
                 groups.setdefault(live.storage, []).append(live)
-            if all(len(g) <= 1 and not any(seg.n_deleted for seg in g) for g in groups.values()):
+            rebuilt = spec is not None and any(seg.info.index != spec.to_dict() for seg in base.segments)
+            if not rebuilt and all(len(g) <= 1 and not any(s.n_deleted for s in g) for g in groups.values()):
                 return base
             merged: list[LiveSegment] = []
             moved: dict[str, str] = {}
@@ -737,6 +818,8 @@ class HotIndex:
                     },
                 ][-HISTORY_LIMIT:],
                 cold=base.cold,
+                version=base.version,
+                index=spec.to_dict() if spec is not None else base.index,
             )
             self.store.publish(manifest)
             segments = {
@@ -774,6 +857,8 @@ class HotIndex:
                 set(generations[-keep_generations:] if keep_generations > 0 else [])
                 | ({current} if current else set())
             )
+            heads = {int(name.split("-")[1].split(".")[0]) for name in versions.kept_heads(self.root)}
+            kept = sorted(set(kept) | (heads & set(generations)))
             referenced: set[str] = set()
             for gen in kept:
                 manifest = self.store.load(self.store.file_name(gen))
@@ -808,6 +893,21 @@ class HotIndex:
                 }
                 self._audit("gc", entry, [])
             return removed
+
+
+def refuse_mixed(root: Path, base: Manifest, embedding: dict[str, Any], chunking: dict[str, Any]) -> None:
+    """Raise :class:`IncompatibleIndex` when vectors made with ``embedding`` and ``chunking`` would join
+    a version that holds vectors made another way (vectors of two models, or of two chunkings, never
+    mix: a change is a new version, ``tierflow reindex``)."""
+    for what, held, offered in (("model", base.embedding, embedding), ("chunking", base.chunking, chunking)):
+        if held and offered and held != offered:
+            version = f"version {base.version!r} of the index" if base.version else "the index"
+            raise IncompatibleIndex(
+                f"{version} at {root} holds vectors made with {what} {held}; refusing vectors made with "
+                f"{offered}. A new model or chunking is a new index version: build it with `tierflow "
+                f"reindex --config NEW` and switch with `tierflow promote` (or run with the settings the "
+                f"live version was built with)."
+            )
 
 
 def _is_stale(current: DocState, update: DocState) -> bool:

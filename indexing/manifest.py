@@ -97,6 +97,9 @@ class Manifest:
         history: Summaries of the commits that led here, newest last (bounded).
         cold: Where the cold tier of this index lives (``uri``, ``table``, ``vector_dtype``), once a
             lifecycle run has moved vectors there.
+        version: The index version this state belongs to (``indexing.versions``; empty for an index
+            that was never re-indexed, whose one version is the live one).
+        index: The version's FAISS index settings (:class:`~indexing.faiss_index.IndexSpec` as a dict).
     """
 
     generation: int = 0
@@ -109,6 +112,8 @@ class Manifest:
     cold: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     docs_sha256: str | None = None
+    version: str = ""
+    index: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_vectors(self) -> int:
@@ -127,6 +132,8 @@ class Manifest:
             "history": self.history,
             "cold": self.cold,
             **({"docs_sha256": self.docs_sha256} if self.docs_sha256 else {}),
+            **({"version": self.version} if self.version else {}),
+            **({"index": self.index} if self.index else {}),
         }
 
     @classmethod
@@ -150,6 +157,8 @@ class Manifest:
             cold=data.get("cold", {}),
             created_at=data.get("created_at", 0.0),
             docs_sha256=data.get("docs_sha256"),
+            version=data.get("version", ""),
+            index=data.get("index", {}),
         )
 
 
@@ -160,11 +169,13 @@ def _checksum(data: dict[str, Any]) -> str:
 
 
 class ManifestStore:
-    """Reads and publishes manifests under ``root/manifests`` with the ``root/CURRENT`` pointer."""
+    """Reads and publishes manifests under ``root/manifests`` with the ``root/CURRENT`` pointer (or, for a
+    candidate index version, that version's own pointer: ``pointer``, relative to ``root``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pointer: str = CURRENT) -> None:
         self.root = root
         self.dir = root / "manifests"
+        self.pointer = root / pointer
 
     @staticmethod
     def file_name(generation: int) -> str:
@@ -172,7 +183,7 @@ class ManifestStore:
 
     def current(self) -> Manifest:
         """The live manifest, or an empty generation-0 one for a new index."""
-        pointer = self.root / CURRENT
+        pointer = self.pointer
         if not pointer.exists():
             return Manifest()
         name = pointer.read_bytes().decode("utf-8", "replace").strip()
@@ -200,7 +211,7 @@ class ManifestStore:
         try:
             return Manifest.from_dict(json.loads(path.read_bytes()))
         except FileNotFoundError as err:
-            raise IndexCorrupt(f"manifest {path} named by {self.root / CURRENT} is missing") from err
+            raise IndexCorrupt(f"manifest {path} named by {self.pointer} is missing") from err
         except IndexCorrupt as err:
             raise IndexCorrupt(f"manifest {path}: {err}") from err
         except (ValueError, KeyError, TypeError, AttributeError) as err:
@@ -250,10 +261,11 @@ class ManifestStore:
         data = manifest.to_dict()
         data["checksum"] = _checksum(data)
         atomic_write_bytes(self.dir / name, json.dumps(data, indent=1).encode())
+        pointer = self.pointer
         try:
-            atomic_write_bytes(self.root / CURRENT, name.encode())
+            pointer.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(pointer, name.encode())
         except BaseException:
-            pointer = self.root / CURRENT
             if not (pointer.exists() and pointer.read_bytes().strip() == name.encode()):
                 (self.dir / name).unlink(missing_ok=True)  # never current: not a generation
             raise
@@ -261,7 +273,7 @@ class ManifestStore:
     def switch(self, generation: int) -> Manifest:
         """Make an older (kept) manifest current again: a rollback."""
         manifest = self.load(self.file_name(generation))
-        atomic_write_bytes(self.root / CURRENT, self.file_name(generation).encode())
+        atomic_write_bytes(self.pointer, self.file_name(generation).encode())
         return manifest
 
 

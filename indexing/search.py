@@ -34,6 +34,7 @@ from typing import Any, cast
 import numpy as np
 from opentelemetry import trace
 
+from indexing import versions
 from indexing.access import AccessLog
 from indexing.cold import ColdConfig, ColdStore
 from indexing.docs_table import CANONICAL, DUPLICATE, DocState
@@ -250,6 +251,8 @@ class Searcher:
         cold: S3 endpoint/region (and format) for the cold tier; its location comes from the manifest.
             None uses the defaults (credentials and endpoint from the AWS environment).
         track_access: Record which documents searches return (for last-access and promotion policies).
+        observed: Count searches in the search latency metric and trace them (off for shadow reads of a
+            candidate version, which are not the service's answers).
     """
 
     def __init__(
@@ -258,9 +261,12 @@ class Searcher:
         embedding: EmbeddingConfig,
         cold: ColdConfig | None = None,
         track_access: bool = False,
+        observed: bool = True,
     ) -> None:
         self.index = index
+        self.observed = observed
         self.embedder = Embedder(embedding)
+        self._embedders: dict[str, Embedder] = {}  # other index versions' models (see embedder_for)
         self.cold_config = cold or ColdConfig()
         self.access = AccessLog(Path(index.root)) if track_access else None
         self._view: _DocView | None = None
@@ -365,13 +371,31 @@ class Searcher:
         return found, searched
 
     def embed_queries(self, queries: list[str], manifest: Manifest) -> np.ndarray:
+        return self.embedder_for(manifest).embed(queries)
+
+    def embedder_for(self, manifest: Manifest) -> Embedder:
+        """The embedder for queries on ``manifest``: the configured one, or, when the live index version
+        was made with another model (a promotion or rollback switched it), that version's model, as its
+        registry entry says (``indexing.versions``), loaded once.
+
+        Raises:
+            IncompatibleIndex: No kept version says how its vectors were made.
+        """
         identity = self.embedder.identity()
-        if manifest.embedding and manifest.embedding != identity:
-            raise IncompatibleIndex(
-                f"index at {self.index.root} was built with {manifest.embedding}; queries would be embedded "
-                f"with {identity}. Search it with the model it was built with."
-            )
-        return self.embedder.embed(queries)
+        if not manifest.embedding or manifest.embedding == identity:
+            return self.embedder
+        key = json.dumps(manifest.embedding, sort_keys=True)
+        found = self._embedders.get(key)
+        if found is None:
+            settings = versions.query_settings(Path(self.index.root), manifest.embedding)
+            candidate = Embedder(replace(self.embedder.config, **settings)) if settings else None
+            if candidate is None or candidate.identity() != manifest.embedding:
+                raise IncompatibleIndex(
+                    f"index at {self.index.root} was built with {manifest.embedding}; queries would be "
+                    f"embedded with {identity}. Search it with the model it was built with."
+                )
+            found = self._embedders.setdefault(key, candidate)
+        return found
 
     def search(
         self,
@@ -440,6 +464,8 @@ class Searcher:
         when there is something to search)."""
         searched = _SEARCHED_ALL if tiers is None else ",".join(t for t in TIERS if t in _tier_set(tiers))
         started = time.perf_counter()
+        if not self.observed:
+            return self._search_documents(n_queries, embed, k, tiers, where, manifest)
         if _tracing_off(started):  # a span that nothing records still costs a search some 10 µs
             results = self._search_documents(n_queries, embed, k, tiers, where, manifest)
         else:

@@ -38,6 +38,10 @@ instead of queueing without bound, so request bodies in memory stay under ``max_
 max_body_bytes``. Admitted searches take the index one at a time: the Searcher's caches, its access log,
 the Lance table handle and GPU FAISS indexes are not made for concurrent use.
 
+Shadow reads (optional): with a :class:`~indexing.shadow.ShadowReads`, every search answered 200 is then
+(after its answer is sent) queued to be repeated on a candidate index version in a background thread,
+which logs how the two top-k agree; the answers, and every endpoint, are those without it.
+
 Freshness: every search reads the index's ``CURRENT`` pointer (one small file) and loads the manifest it
 names when that changed, so a commit (or a rollback) is served from the next request on. Each answer
 names the generation it searched.
@@ -68,6 +72,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from indexing.hot import TIERS
 from indexing.manifest import CURRENT, Manifest
 from indexing.search import Searcher
+from indexing.shadow import ShadowReads
 from tierflow import __version__, jsonparse, metrics
 from tierflow.errors import ConfigError, TierflowError, Transient
 from tierflow.http import (
@@ -266,6 +271,9 @@ class SearchService(BackgroundServer):
         searcher: The Searcher to serve; :meth:`start` loads its model (once, in the background) and
             opens the index; :meth:`stop` closes it (flushing its access log).
         config: Bind address and limits.
+        shadow: Shadow reads of a candidate index version: each answered search is submitted to it once
+            its answer is sent. :meth:`start` starts it (once the live model is loaded), :meth:`stop`
+            closes it.
 
     Example:
         >>> searcher = Searcher(HotIndex("tierflow-data/hot"), EmbeddingConfig())
@@ -274,10 +282,11 @@ class SearchService(BackgroundServer):
         ...     print(service.url)
     """
 
-    def __init__(self, searcher: Searcher, config: ServeConfig) -> None:
+    def __init__(self, searcher: Searcher, config: ServeConfig, shadow: ShadowReads | None = None) -> None:
         super().__init__()
         self.searcher = searcher
         self.config = config
+        self.shadow = shadow
         self.counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self.admission = Admission(config.max_concurrent)
@@ -324,6 +333,10 @@ class SearchService(BackgroundServer):
             log.warning("search service: opening the index failed: %s", err)
         finally:
             self._warmed.set()
+            # The candidate's model loads after the live one: readiness first, and the first query
+            # embeddings of the (maybe shared) model are not made from two threads at once.
+            if self.shadow is not None and not self._stopping:
+                self.shadow.start()
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Wait until the model is loaded, then report whether the service is ready."""
@@ -331,15 +344,20 @@ class SearchService(BackgroundServer):
         return self.readiness()[0]
 
     def stop(self, drain_s: float = 10.0) -> None:
-        """Stop taking requests, let those in flight finish (up to ``drain_s``), close the searcher."""
+        """Stop taking requests, let those in flight finish (up to ``drain_s``), close the searcher, then
+        the shadow reads (their queue drained for up to ``drain_s``)."""
         self._stop_serving(drain_s)
-        if not self._index_lock.acquire(timeout=drain_s):
-            log.warning("search service: a search is still running; the access log is not flushed")
-            return
         try:
-            self.searcher.close()
+            if not self._index_lock.acquire(timeout=drain_s):
+                log.warning("search service: a search is still running; the access log is not flushed")
+                return
+            try:
+                self.searcher.close()
+            finally:
+                self._index_lock.release()
         finally:
-            self._index_lock.release()
+            if self.shadow is not None:
+                self.shadow.close(drain_s)
 
     @property
     def warm_error(self) -> Exception | None:
@@ -377,12 +395,16 @@ class SearchService(BackgroundServer):
         if manifest.generation == 0:
             return False, f"{self.searcher.index.root} has no committed generation yet", manifest
         if manifest.embedding and manifest.embedding != self._identity:
-            return (
-                False,
-                f"the index holds vectors of {manifest.embedding}; this service embeds queries with "
-                f"{self._identity}",
-                manifest,
-            )
+            # Another index version went live (a promotion or rollback): its model, from the registry.
+            try:
+                self.searcher.embedder_for(manifest)
+            except TierflowError:
+                return (
+                    False,
+                    f"the index holds vectors of {manifest.embedding}; this service embeds queries with "
+                    f"{self._identity}, and no kept index version says how to embed them",
+                    manifest,
+                )
         return True, "ready", manifest
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
@@ -417,6 +439,19 @@ class SearchService(BackgroundServer):
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
             "generation": manifest.generation,
         }
+
+    def _submit_shadow(self, request: SearchRequest, answer: Mapping[str, Any]) -> None:
+        """Hand an answered search to the shadow reads (after its answer is sent; never raises)."""
+        shadow = self.shadow
+        if shadow is None:
+            return
+        try:
+            live = [result["doc_id"] for result in answer["results"]]
+            shadow.submit(
+                request.query, request.k, request.tiers, request.filter, live, live_ms=answer["took_ms"]
+            )
+        except Exception:
+            log.debug("search service: a search was not shadowed", exc_info=True)
 
     # bookkeeping
 
@@ -591,7 +626,8 @@ class _Handler(JsonRequestHandler):
             self._refuse(RequestRefused(400, "incomplete_body", f"got {len(body)} of {length} bytes"))
             return
         try:
-            answer = service.search(parse_search_request(body, service.config.max_k))
+            request = parse_search_request(body, service.config.max_k)
+            answer = service.search(request)
         except RequestRefused as refusal:
             self._refuse(refusal)
             return
@@ -603,6 +639,7 @@ class _Handler(JsonRequestHandler):
             return
         service._count("searched")
         self.send_json(200, answer)
+        service._submit_shadow(request, answer)
 
     def _not_allowed(self) -> None:
         self._route_miss(urlsplit(self.path).path)
@@ -830,16 +867,23 @@ def openapi(config: ServeConfig) -> dict[str, Any]:
 # --- running it -----------------------------------------------------------------------------------------
 
 
-def serve(searcher: Searcher, config: ServeConfig, *, stop: threading.Event | None = None) -> None:
+def serve(
+    searcher: Searcher,
+    config: ServeConfig,
+    *,
+    stop: threading.Event | None = None,
+    shadow: ShadowReads | None = None,
+) -> None:
     """Run a :class:`SearchService` until SIGINT/SIGTERM (or until ``stop`` is set).
 
-    Signal handlers are installed only when called from the main thread.
+    Signal handlers are installed only when called from the main thread. With ``shadow``, searches are
+    also repeated on a candidate index version (:mod:`indexing.shadow`); it is closed on the way out.
 
     Raises:
         Exception: What kept the embedding model from loading (the service stops first).
     """
     with stop_on_signals(stop) as stopped:
-        service = SearchService(searcher, config)
+        service = SearchService(searcher, config, shadow)
         try:
             service.start()
             print(

@@ -106,7 +106,7 @@ def run_batch(
     ``committed: False``, the current generation, and ``counts["files_unchanged"]``.
     """
     run = build_run_context(config, run_id)
-    manifest = HotIndex(config.index_dir).manifest()
+    manifest = HotIndex(config.index_dir, version=config.index_version or None).manifest()
     splits = plan_splits(source)
     positions = file_positions(splits, config, run)
     if config.skip_unchanged_files:

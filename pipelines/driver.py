@@ -182,7 +182,7 @@ def run_items(
     Returns:
         The run's entry in the manifest history (as :func:`pipelines.stages.run_pipeline`).
     """
-    docs = (index or HotIndex(config.index_dir)).docs()
+    docs = (index or HotIndex(config.index_dir, version=config.index_version or None)).docs()
     events = [item for item in items if isinstance(item, DocumentEvent)]
     dead = [item for item in items if isinstance(item, DeadLetter)]
     with logs.run_context(run.run_id):
@@ -249,5 +249,5 @@ def run_items(
         logs.run_context(run.run_id),
         tracing.span("tierflow.pipeline", {"tierflow.run_id": run.run_id, "tierflow.settled": n_settled}),
     ):
-        commit_items(config.index_dir, run, sources, resolved)
+        commit_items(config.index_dir, run, sources, resolved, config.index_version or None)
     return run_summary(config, run)

@@ -411,7 +411,7 @@ def index_items(
         # No redistributing reshuffle: the join that follows groups them anyway.
         committed = p | "CommittedDocs" >> beam.Create(committed_states, reshuffle=False)
     else:
-        index = HotIndex(config.index_dir)
+        index = HotIndex(config.index_dir, version=config.index_version or None)
         manifest = index.manifest()
         doc_groups: list[tuple[str, int]] = []
         if manifest.docs_file:
@@ -471,7 +471,7 @@ def index_items(
         | "Canonical" >> _tagged("canonical")
         | "Chunk" >> beam.ParDo(traced(ChunkDocuments(config, shards), parent))
         | "GroupShards" >> beam.GroupByKey()
-        | "Embed" >> beam.ParDo(traced(EmbedChunks(config.embedding, config.index_dir), parent))
+        | "Embed" >> beam.ParDo(traced(EmbedChunks(config.embedding, config.index_dir, config.index_version or None), parent))
         | "Write" >> HotTierWriteConfig(config.index_dir, config.index, parent).create_write_transform()
     )
     dead_files = (
@@ -496,7 +496,7 @@ def index_items(
         | "Gather" >> beam.Flatten()
         | "OneCommit" >> beam.Map(lambda item: ("commit", item))
         | "GroupCommit" >> beam.GroupByKey()
-        | "Commit" >> beam.ParDo(traced(CommitRun(config.index_dir, run, sources), parent))
+        | "Commit" >> beam.ParDo(traced(CommitRun(config.index_dir, run, sources, config.index_version or None), parent))
     )
 
 
@@ -540,7 +540,7 @@ def run_pipeline(
 
 def run_summary(config: IngestConfig, run: RunContext) -> dict[str, Any]:
     """The run's entry in the manifest history (its commit summary)."""
-    for entry in reversed(HotIndex(config.index_dir).manifest().history):
+    for entry in reversed(HotIndex(config.index_dir, version=config.index_version or None).manifest().history):
         if entry.get("run_id") == run.run_id:
             return entry
     raise RuntimeError(f"run {run.run_id} finished without committing to {config.index_dir}")

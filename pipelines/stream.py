@@ -98,7 +98,7 @@ class MicroBatchStream:
         # the options it runs on pipelines.driver.DRIVER_RUNNER.
         self.beam_args = list(beam_args or [])
         self.batches = 0
-        self.index = HotIndex(config.index_dir)
+        self.index = HotIndex(config.index_dir, version=config.index_version or None)
         self._started = False
         self._polled: Batch | None = None  # polled, not yet in the index (a retry indexes it, never re-polls)
         self._indexed: tuple[Batch, list[DeadLetter]] | None = None  # in the index, not yet acknowledged

@@ -62,9 +62,12 @@ class EmbedChunks(TracedDoFn):
 
     span_name = "tierflow.embed"
 
-    def __init__(self, config: EmbeddingConfig, index_dir: str | None = None) -> None:
+    def __init__(
+        self, config: EmbeddingConfig, index_dir: str | None = None, version: str | None = None
+    ) -> None:
         self.config = config
         self.index_dir = index_dir
+        self.version = version
         self._embedder: Embedder | None = None
 
     def setup(self) -> None:
@@ -76,7 +79,7 @@ class EmbedChunks(TracedDoFn):
         shard, grouped = element
         docs = list(grouped)
         chunks = [chunk for doc in docs for chunk in doc.chunks]
-        reused = reusable_vectors(self.index_dir, docs) if self.index_dir else {}
+        reused = reusable_vectors(self.index_dir, docs, self.version) if self.index_dir else {}
         for chunk in chunks:
             found = reused.get(chunk.id or "")
             if found is not None:
@@ -114,7 +117,9 @@ class EmbedChunks(TracedDoFn):
         yield shard, docs
 
 
-def reusable_vectors(index_dir: str, docs: list[DocChunks]) -> dict[str, tuple[str, np.ndarray]]:
+def reusable_vectors(
+    index_dir: str, docs: list[DocChunks], version: str | None = None
+) -> dict[str, tuple[str, np.ndarray]]:
     """Chunk id -> (segment id, stored vector) for the chunks of ``docs`` whose text is exactly the text
     of a chunk of the version they replace, when that version's vectors are live in a hot or warm segment
     and were made the same way (the reconcile stage sets ``extra[PREVIOUS]`` only then). Segments store
@@ -126,7 +131,7 @@ def reusable_vectors(index_dir: str, docs: list[DocChunks]) -> dict[str, tuple[s
         return {}
     # FAISS files memory-mapped (after their checksum) rather than copied whole into memory: a few vectors
     # of each are taken.
-    index = HotIndex(index_dir, mmap=True)
+    index = HotIndex(index_dir, mmap=True, version=version)
     manifest = index.manifest()
     by_segment: dict[str, list[tuple[DocChunks, DocState]]] = {}
     for doc, before in previous:
@@ -267,10 +272,13 @@ class CommitRun(TracedDoFn):
 
     span_name = "tierflow.commit"
 
-    def __init__(self, index_dir: str, run: RunContext, sources: dict[str, str]) -> None:
+    def __init__(
+        self, index_dir: str, run: RunContext, sources: dict[str, str], version: str | None = None
+    ) -> None:
         self.index_dir = index_dir
         self.run = run
         self.sources = sources
+        self.version = version
 
     def process(self, element: tuple[str, list[tuple[str, Any]]]):
         _, gathered = element
@@ -283,7 +291,7 @@ class CommitRun(TracedDoFn):
                     items.extend(read_resolved(staged))
             else:
                 items.append((kind, value))
-        yield commit_items(self.index_dir, self.run, self.sources, items)
+        yield commit_items(self.index_dir, self.run, self.sources, items, self.version)
 
 
 def write_resolved(index_dir: str, run: RunContext, items: list[tuple[str, Any]]) -> Path:
@@ -300,7 +308,11 @@ def read_resolved(path: str) -> list[tuple[str, Any]]:
 
 
 def commit_items(
-    index_dir: str, run: RunContext, sources: dict[str, str], items: list[tuple[str, Any]]
+    index_dir: str,
+    run: RunContext,
+    sources: dict[str, str],
+    items: list[tuple[str, Any]],
+    version: str | None = None,
 ) -> str:
     """Commit a run's ``(kind, value)`` items (``segment``, ``doc``, ``stat``, ``deadletters``) as one
     generation with the run's summary; return one JSON line with the new generation.
@@ -340,7 +352,7 @@ def commit_items(
         "segments_written": len(segments),
     }
     started = time.monotonic()
-    result = HotIndex(index_dir).commit(
+    result = HotIndex(index_dir, version=version).commit(
         CommitRequest(
             run_id=run.run_id,
             segments=segments,

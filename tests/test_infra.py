@@ -82,6 +82,12 @@ METRICS: dict[str, tuple[str, set[str], dict[str, set[str]]]] = {
     "tierflow_tier_bytes": ("gauge", {"tier", "medium"}, {"medium": {"ram", "flash", "object"}}),
     "tierflow_search_seconds": ("histogram", {"tiers"}, {}),
     "tierflow_search_requests_total": ("counter", {"status"}, {}),
+    "tierflow_shadow_searches_total": (
+        "counter",
+        {"outcome"},
+        {"outcome": {"compared", "dropped", "failed"}},
+    ),
+    "tierflow_shadow_overlap_ratio": ("histogram", set(), {}),
     "tierflow_lifecycle_moves_total": ("counter", {"from_tier", "to_tier"}, {}),
     "tierflow_webhook_requests_total": ("counter", {"status"}, {}),
 }
@@ -816,6 +822,7 @@ def test_metrics_contract_is_what_tierflow_exports() -> None:
         tuple(sorted(METRICS["tierflow_stage_documents_total"][2]["stage"], key=metrics.STAGES.index))
         == metrics.STAGES
     )
+    assert METRICS["tierflow_shadow_searches_total"][2]["outcome"] == set(metrics.SHADOW_OUTCOMES)
 
 
 def test_grafana_dashboard_uses_only_the_metrics_contract() -> None:

@@ -20,6 +20,7 @@ from tests.helpers import (
     top_doc,
     write_jsonl,
 )
+from tierflow.errors import IncompatibleIndex
 
 pytestmark = pytest.mark.model
 
@@ -244,6 +245,17 @@ def test_an_edit_re_embeds_only_the_windows_it_touched(tmp_path: Path) -> None:
     assert top_doc(tmp_path / "hot", "late addendum summer melt", cfg, k=1) == ["long"]
     assert_exactly_once(tmp_path / "hot")
 
-    # Vectors made another way (other chunk windows: another fingerprint) are never reused.
-    rechunked = ingest(path, config(tmp_path / "hot", chunking={"max_tokens": 128}))
-    assert "chunks_reused" not in rechunked["counts"] and rechunked["counts"]["chunks_embedded"] > n
+    # Vectors made another way (other chunk windows: another fingerprint) never join this index version,
+    # and are never reused: the new windows are a new version (tierflow reindex), all embedded.
+    rechunk = config(tmp_path / "hot", chunking={"max_tokens": 128})
+    write_jsonl(path, [{"_id": "long", "title": "Ice", "text": edited + " More."}], mtime_ns=3_000)
+    with pytest.raises(IncompatibleIndex, match="chunking"):
+        ingest(path, rechunk)
+    from pipelines.reindex import build_candidate
+
+    report = build_candidate(cfg, rechunk, "v2")
+    assert report.caught_up.chunks_embedded > n and not report.adopted
+    rows, _ = HotIndex(tmp_path / "hot", version="v2").doc_vectors(
+        [HotIndex(tmp_path / "hot", version="v2").docs()["long"]]
+    )
+    assert not any("reused_from" in json.loads(row["lineage"])["chunk"] for row in rows)

@@ -146,7 +146,20 @@ def cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
     from indexing.service import load_serve_config, serve
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    serve(_searcher(args, track_access=True), load_serve_config(args.config, overrides))
+    shadow = None
+    if args.shadow:
+        from indexing.shadow import open_shadow
+
+        config = _config(args)
+        shadow = open_shadow(
+            config.index_dir,
+            args.shadow,
+            config.embedding,
+            cold=_cold_config(args),
+            log_path=args.shadow_log,
+            log_queries=args.shadow_log_queries,
+        )
+    serve(_searcher(args, track_access=True), load_serve_config(args.config, overrides), shadow=shadow)
     return 0
 
 
@@ -393,6 +406,87 @@ def cmd_gc(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from dataclasses import replace
+
+    from indexing import versions
+    from pipelines.reindex import build_candidate
+    from tierflow.config import load_config
+
+    config = _config(args)
+    live = replace(load_config(args.live_config), index_dir=config.index_dir)
+    name = args.name or versions.next_name(Path(config.index_dir))
+    report = build_candidate(live, config, name, beam_args, _cold_config(args), say=_say)
+    caught = report.caught_up
+    print(
+        f"version {name}: generation {report.generation}, "
+        f"{'adopted the live state' if report.adopted else 'built from the live documents'}"
+        f"{', segments rebuilt' if report.compacted else ''}; caught up on live generation "
+        f"{caught.live_generation}: {caught.events} document(s) indexed, {caught.chunks_embedded} chunk(s) "
+        f"embedded, {len(caught.unrecoverable)} not recoverable ({report.seconds:.1f} s). "
+        f"Next: tierflow promote --name {name}"
+    )
+    if caught.unrecoverable:
+        print(f"not recoverable (re-ingest from their sources): {', '.join(caught.unrecoverable[:50])}")
+    return 0
+
+
+def _promote_config(args: argparse.Namespace) -> Any:
+    from evaluation.promotion import PromoteConfig
+    from tierflow.config import load_settings
+
+    overrides = {
+        key: value
+        for key, value in (("dataset", args.dataset), ("metric", args.metric), ("max_drop", args.max_drop))
+        if value is not None
+    }
+    return load_settings(PromoteConfig, "promote", getattr(args, "config", None), overrides)
+
+
+def cmd_promote(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from evaluation.promotion import promote
+
+    report = promote(
+        _config(args),
+        args.name,
+        _promote_config(args),
+        Path(args.out),
+        _cold_config(args),
+        beam_args,
+        force=args.force,
+        say=_say,
+    )
+    print((Path(args.out) / "promotion.md").read_text())
+    return 0 if report["switched"] else 1
+
+
+def cmd_rollback(args: argparse.Namespace, _: list[str]) -> int:
+    from evaluation.promotion import rollback
+
+    report = rollback(_config(args), Path(args.out), args.to, args.reason or "")
+    print((Path(args.out) / "rollback.md").read_text())
+    return 0 if report else 1
+
+
+def cmd_versions(args: argparse.Namespace, _: list[str]) -> int:
+    from indexing import versions
+
+    rows = versions.describe(Path(_config(args).index_dir))
+    if args.json:
+        print(json.dumps(rows, indent=1, sort_keys=True))
+        return 0
+    for row in rows:
+        print(
+            f"{row['name']:<12} {row['state']:<10} gen {row['generation']:>6}  {row['model']} "
+            f"(normalize={row['normalize']}), chunks {row['chunking']}, {row['index_type']}"
+        )
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def cmd_demo(args: argparse.Namespace, beam_args: list[str]) -> int:
     from tierflow.demo import run_demo
 
@@ -503,6 +597,13 @@ def parser() -> argparse.ArgumentParser:
     serve_search.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve_search.add_argument("--port", type=int, help="port (default 8788; 0 picks a free one)")
     serve_search.add_argument("--cold", help="cold tier settings override: directory or s3://bucket/prefix")
+    serve_search.add_argument(
+        "--shadow", metavar="VERSION", help="also query this candidate index version; log top-k overlap"
+    )
+    serve_search.add_argument("--shadow-log", help="JSON-lines file for the shadow comparisons")
+    serve_search.add_argument(
+        "--shadow-log-queries", action="store_true", help="log query texts (default: their SHA-256 only)"
+    )
     _add_index_args(serve_search)
     serve_search.set_defaults(func=cmd_serve)
 
@@ -644,6 +745,42 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_index_args(gc)
     gc.set_defaults(func=cmd_gc)
+
+    reindex = sub.add_parser(
+        "reindex", help="build a candidate index version with new settings (--config NEW) beside the live one"
+    )
+    reindex.add_argument("--name", help="the candidate's name (default: the next free vN)")
+    reindex.add_argument(
+        "--live-config", help="TOML config the live version was built with (for its model path; default: none)"
+    )
+    _add_index_args(reindex)
+    _add_build_args(reindex)
+    reindex.set_defaults(func=cmd_reindex)
+
+    promote_cmd = sub.add_parser(
+        "promote", help="catch a candidate version up, gate it on a labelled query set, switch to it"
+    )
+    promote_cmd.add_argument("--name", required=True, help="the candidate version")
+    promote_cmd.add_argument("--dataset", help="BEIR directory to gate on ([promote] dataset)")
+    promote_cmd.add_argument("--metric", help="gated metric ([promote] metric, default ndcg@10)")
+    promote_cmd.add_argument("--max-drop", type=float, help="allowed drop of the metric (default 0)")
+    promote_cmd.add_argument("--force", action="store_true", help="switch without the gate (recorded)")
+    promote_cmd.add_argument("--out", default="tierflow-data/promotion", help="report folder")
+    _add_index_args(promote_cmd)
+    promote_cmd.add_argument("--cold", help="cold tier settings override: directory or s3://bucket/prefix")
+    promote_cmd.set_defaults(func=cmd_promote)
+
+    rollback_cmd = sub.add_parser("rollback", help="switch back to the version the last switch left")
+    rollback_cmd.add_argument("--to", help="a kept version instead of the previous one")
+    rollback_cmd.add_argument("--reason", help="recorded in the registry and the audit log")
+    rollback_cmd.add_argument("--out", default="tierflow-data/promotion", help="report folder")
+    _add_index_args(rollback_cmd)
+    rollback_cmd.set_defaults(func=cmd_rollback)
+
+    versions_cmd = sub.add_parser("versions", help="the index versions kept, and which is live")
+    versions_cmd.add_argument("--json", action="store_true")
+    _add_index_args(versions_cmd)
+    versions_cmd.set_defaults(func=cmd_versions)
 
     demo = sub.add_parser("demo", help="end to end on the embedded default: ingest, search, evaluate")
     demo.add_argument("--workdir", default="tierflow-data/demo")

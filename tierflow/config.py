@@ -137,6 +137,8 @@ class IngestConfig:
             many bytes reads them in the driver first and settles the documents the committed state
             already answers there (``pipelines.driver``); the rest goes through the pipeline. Larger
             runs send every record through the pipeline. 0 turns the pre-filter off.
+        index_version: The index version to write (``indexing.versions``): empty for the live one, or
+            a candidate's name (what ``tierflow reindex`` builds with).
     """
 
     index_dir: str = "tierflow-data/hot"
@@ -144,6 +146,7 @@ class IngestConfig:
     write_shards: int = 0
     skip_unchanged_files: bool = True
     prefilter_max_bytes: int = 64 << 20
+    index_version: str = ""
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -258,6 +261,7 @@ COMPONENT_SECTIONS = (
     "serve",
     "tracing",
     "schedule",
+    "promote",
 )  # read by their components' own loaders, not by the ingest config
 
 

@@ -62,6 +62,11 @@ class IncompatibleIndex(TierflowError, Terminal):
     """Vectors of another model, dimension or normalisation would be mixed into an index."""
 
 
+class VersionError(TierflowError, Terminal):
+    """An index-version operation cannot be done as asked: no such version, one that is live already, a
+    candidate with no committed state, a name in use."""
+
+
 class SourceUnavailable(TierflowError, Transient):
     """A stream's source (Kafka brokers, a Postgres server) stayed unreachable for longer than the stream
     was configured to wait; nothing was acknowledged that the index does not hold, so a rerun resumes."""

@@ -57,6 +57,8 @@ FRESHNESS_BUCKETS = (
     7 * 86400.0,
 )
 SEARCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+OVERLAP_BUCKETS = tuple(i / 10 for i in range(11))  # 0, 0.1, ..., 1.0: a share of the top-k
+SHADOW_OUTCOMES = ("compared", "dropped", "failed")
 
 STAGES = ("source", "parse", "validate", "dedup", "chunk", "embed", "write")
 
@@ -108,6 +110,19 @@ SEARCH_SECONDS = Histogram(
 )
 SEARCH_REQUESTS = Counter(
     "tierflow_search_requests", "Search API requests by HTTP status.", ["status"], registry=REGISTRY
+)
+SHADOW_SEARCHES = Counter(
+    "tierflow_shadow_searches",
+    "Shadow reads of a candidate index version (indexing.shadow) by outcome: compared, dropped (the "
+    "shadow queue was full) or failed (the candidate's search raised).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SHADOW_OVERLAP = Histogram(
+    "tierflow_shadow_overlap_ratio",
+    "Share of a live search's top-k documents that the candidate index version also returned.",
+    buckets=OVERLAP_BUCKETS,
+    registry=REGISTRY,
 )
 LIFECYCLE_MOVES = Counter(
     "tierflow_lifecycle_moves",

@@ -303,6 +303,26 @@ def build() -> dict[str, Any]:
         "reqps",
         width=12,
     )
+    layout.panel(
+        "Shadow searches",
+        "Searches repeated on a candidate index version (tierflow serve with shadow reads) by outcome: "
+        "compared, dropped (the shadow queue was full) or failed (the candidate's search raised).",
+        [(f"sum by (outcome) ({rate('tierflow_shadow_searches_total')})", "{{outcome}}")],
+        "ops",
+        width=12,
+    )
+    overlap = "tierflow_shadow_overlap_ratio"
+    layout.panel(
+        "Shadow top-k overlap",
+        "Share of the live top-k documents the candidate version also returned: mean, and the 10th "
+        "percentile (the searches where the versions disagree most).",
+        [
+            (f"sum({rate(overlap + '_sum')}) / sum({rate(overlap + '_count')})", "mean"),
+            (quantile(0.1, overlap), "p10"),
+        ],
+        "percentunit",
+        width=12,
+    )
 
     return {
         "uid": "tierflow",
