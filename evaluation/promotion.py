@@ -331,7 +331,7 @@ def _plot(gate: dict[str, Any], path: Path) -> None:
     ax.set_xticks(x, metrics)
     ax.set_ylim(0, 1)
     ax.set_title(f"Gate on {gate['metric']}: {'passed' if gate['passed'] else 'failed'}")
-    ax.legend()
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -44,9 +45,9 @@ HISTORY_LIMIT = 50
 POINTER_SETTLED_NS = 2_000_000_000  # CURRENT older than this when read: one stat tells it is unchanged
 MAX_PREPARED_SEARCHES = 256  # prepared segment searches kept (one per segment, tombstone file, efSearch)
 HOT, WARM, COLD = "hot", "warm", "cold"
-# Index directories whose writer lock this process holds through HotIndex.writer_lock() (a promotion's
-# final catch-up and switch): commits made meanwhile by this process, on any thread, are part of it.
-_HELD: set[str] = set()
+# Index directories whose writer lock a thread of this process holds through HotIndex.writer_lock() (a
+# promotion's final catch-up and switch), and that thread: its own commits meanwhile are part of it.
+_HELD: dict[str, int] = {}
 TIERS = (HOT, WARM, COLD)
 
 
@@ -468,7 +469,7 @@ class HotIndex:
         """The writer lock. A write under it that fails (a full disk is :class:`DiskFull`) leaves nothing
         of the generation it was building: its document table, tombstones and new segments are removed,
         unless the manifest of that generation became current after all."""
-        held = str(self.root.resolve()) in _HELD
+        held = _HELD.get(str(self.root.resolve())) == threading.get_ident()
         with nullcontext() if held else exclusive_lock(self.root / "LOCK"):
             self._resolve_pointer()
             self._writing, self._new_segments = None, []
@@ -485,17 +486,18 @@ class HotIndex:
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Hold the index directory's writer lock across several steps (a promotion: final catch-up, gate,
-        switch). Other processes' commits wait; this process's own commits, on any thread, go ahead."""
+        switch). Every other writer waits, in this process too; commits made meanwhile by the thread that
+        holds it (a catch-up's pipeline, which runs its bundles in that thread) go ahead."""
         key = str(self.root.resolve())
-        if key in _HELD:
-            raise RuntimeError(f"the writer lock of {self.root} is held by this process already")
+        if _HELD.get(key) == threading.get_ident():
+            raise RuntimeError(f"the writer lock of {self.root} is held by this thread already")
         self.root.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(self.root / "LOCK", timeout_s=600.0):
-            _HELD.add(key)
+            _HELD[key] = threading.get_ident()
             try:
                 yield
             finally:
-                _HELD.discard(key)
+                del _HELD[key]
 
     def _discard_failed_generation(self) -> None:
         generation = self._writing

@@ -408,6 +408,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"generation {manifest.generation}: {'damaged' if problems else 'ok'}")
             return 1 if problems else 0
         target = store.load(store.file_name(args.generation))
+        current_version = store.current().version
+        if target.version != current_version and not args.force:
+            print(
+                f"generation {args.generation} belongs to index version {target.version or 'v1'!r}, not to the "
+                f"live {current_version or 'v1'!r}; switch versions with `tierflow rollback --to ...` "
+                "(--force to switch anyway)",
+                file=sys.stderr,
+            )
+            return 1
         problems = verify(store.root, target)
         if problems and not args.force:
             for problem in problems:

@@ -276,7 +276,7 @@ def describe(root: Path) -> list[dict[str, Any]]:
                 "generation": generation,
                 "model": identity["embedding"].get("model"),
                 "normalize": identity["embedding"].get("normalize"),
-                "chunking": {k: identity["chunking"].get(k) for k in ("max_tokens", "overlap_tokens")},
+                "chunking": {k: identity["chunking"].get(k) for k in ("max_tokens", "overlap_tokens", "include_title")},
                 "index_type": identity.get("index", {}).get("type", "?"),
                 "created_at": entry.get("created_at"),
             }

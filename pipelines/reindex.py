@@ -43,6 +43,7 @@ from typing import Any
 from indexing import versions
 from indexing.cold import ColdConfig, ColdStore
 from indexing.docs_table import CANONICAL, DELETED, DocState
+from indexing.durable import exclusive_lock
 from indexing.hot import HotIndex, doc_vector_ids
 from indexing.manifest import Manifest
 from pipelines.driver import run_items
@@ -155,7 +156,7 @@ def build_candidate(
     config = replace(config, index_version=name)
     run = build_run_context(config)
     identity = version_identity(run, config)
-    with live.writer_lock():
+    with exclusive_lock(root / "LOCK"):
         versions.ensure_registry(root, *live_entry(root, live_config))
         registry = versions.add_candidate(root, name, identity, version_settings(config), run.code_version)
     candidate = HotIndex(root, version=name)

@@ -320,3 +320,65 @@ def test_cli_reindex_versions_promote_rollback(live: tuple[Path, Path], capsys: 
     assert "no index version 'nope'" in capsys.readouterr().err
     assert version_config(config(root), "v2").chunking.max_tokens == 64
     assert {s.status for s in HotIndex(root).docs().values()} <= {CANONICAL, DELETED, "duplicate"}
+
+
+def test_the_search_service_keeps_answering_through_build_promote_and_rollback(
+    live: tuple[Path, Path],
+) -> None:
+    """Over HTTP, with a model change (normalised vs not): the service picks the promoted version's model
+    from the registry, and the previous one's again after the rollback, with no error and no empty answer."""
+    import http.client
+
+    from indexing.service import SEARCH_PATH, SearchService, ServeConfig
+
+    root, _ = live
+    cfg = config(root)
+    service = SearchService(Searcher(HotIndex(root), cfg.embedding), ServeConfig(port=0)).start()
+    assert service.wait_ready(120), service.readiness()[1]
+    stop = threading.Event()
+    statuses: list[int] = []
+    failures: list[str] = []
+    served: set[str] = set()
+
+    def query() -> None:
+        host, port = service.address
+        i = 0
+        while not stop.is_set():
+            body = json.dumps({"query": QUERIES[i % len(QUERIES)], "k": 5}).encode()
+            connection = http.client.HTTPConnection(host, port, timeout=60)
+            try:
+                connection.request("POST", SEARCH_PATH, body=body, headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                answer = json.loads(response.read() or b"{}")
+                statuses.append(response.status)
+                if response.status != 200 or not answer.get("results"):
+                    failures.append(f"{response.status}: {answer}")
+            except Exception as err:  # noqa: BLE001 - every error is a failure of the test
+                failures.append(repr(err))
+            finally:
+                connection.close()
+            served.add(HotIndex(root).manifest().version or "v1")
+            i += 1
+
+    worker = threading.Thread(target=query)
+    worker.start()
+    try:
+        build_candidate(cfg, config(root, embedding={"normalize": False}), "v2")
+        promote(cfg, "v2", PromoteConfig(), root.parent / "p", force=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(statuses) < 5:
+            time.sleep(0.1)
+        count = len(statuses)
+        while time.monotonic() < deadline and len(statuses) < count + 5:
+            time.sleep(0.1)  # answered on v2
+        rollback(cfg, root.parent / "p")
+        count = len(statuses)
+        while time.monotonic() < deadline and len(statuses) < count + 5:
+            time.sleep(0.1)  # answered on v1 again
+    finally:
+        stop.set()
+        worker.join(60)
+        service.stop()
+    assert not failures, failures[:5]
+    assert len(statuses) >= 15 and set(statuses) == {200}
+    assert served == {"v1", "v2"}
