@@ -250,18 +250,14 @@ def rollback(base: IngestConfig, out: Path, to: str | None = None, reason: str =
             },
             [],
         )
-    behind = (
-        pending(version_config(base, target), leaving)
-        if leaving in versions.load_registry(root).versions
-        else 0
-    )
+    behind = pending(base, target, source=leaving)
     report = {
         "action": "rollback",
         "from": leaving,
         "to": target,
         "generation": head.generation,
         "at": record["at"],
-        "documents_differing": behind,
+        "documents_behind": behind,
     }
     write_report(out, report, name="rollback")
     return report
@@ -287,7 +283,8 @@ def _markdown(report: dict[str, Any]) -> str:
         return (
             f"# Rollback: {report['from']} → {report['to']}\n\n"
             f"Version {report['to']} is live again (generation {report['generation']}), with the results it "
-            f"gave before. {report['documents_differing']} document(s) differ between the two versions.\n"
+            f"gave before. It is behind {report['from']} on {report['documents_behind']} document(s) (changes "
+            f"committed while {report['from']} was live).\n"
         )
     gate = report.get("gate", {})
     outcome = (

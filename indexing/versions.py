@@ -142,13 +142,14 @@ def ensure_registry(root: Path, live_identity: dict[str, Any], settings: dict[st
 def add_candidate(
     root: Path, name: str, identity: dict[str, Any], settings: dict[str, Any], code_version: str
 ) -> Registry:
-    """Register candidate version ``name`` (call under the lock). A candidate of the same name and
-    identity is resumed; any other version of that name is a conflict."""
+    """Register candidate version ``name`` (call under the lock). A kept version of the same name and
+    identity that is not live (a candidate being built, a retired version to catch up) is resumed; any
+    other version of that name is a conflict."""
     registry = load_registry(root)
     check_name(name)
     found = registry.versions.get(name)
     if found is not None:
-        if found["state"] == CANDIDATE and found["identity"] == identity:
+        if found["state"] != LIVE and found["identity"] == identity:
             return registry
         raise VersionError(
             f"index version {name!r} exists ({found['state']}, made with {found['identity']['embedding']}); "

@@ -244,19 +244,19 @@ def catch_up(
     return result
 
 
-def pending(config: IngestConfig, name: str) -> int:
-    """How many documents candidate ``name`` does not hold as the live version does (0: caught up)."""
+def pending(config: IngestConfig, name: str, source: str | None = None) -> int:
+    """How many documents version ``name`` is behind the live version on (0: caught up), or behind
+    version ``source``."""
     root = Path(config.index_dir)
-    live = HotIndex(root)
-    return len(_differing(live.docs(), HotIndex(root, version=name).docs()))
+    return len(_differing(HotIndex(root, version=source).docs(), HotIndex(root, version=name).docs()))
 
 
 def _differing(live: dict[str, DocState], held: dict[str, DocState]) -> list[DocState]:
-    """The live states a candidate holding ``held`` does not hold as they are."""
+    """The live states a version holding ``held`` is behind on."""
     out = []
     for doc_id, state in live.items():
         mine = held.get(doc_id)
-        if mine is not None and _same_document(state, mine):
+        if mine is not None and _holds(mine, state):
             continue
         if mine is None and state.status == DELETED:
             continue  # never held: nothing to delete
@@ -264,17 +264,18 @@ def _differing(live: dict[str, DocState], held: dict[str, DocState]) -> list[Doc
     return out
 
 
-def _same_document(live: DocState, held: DocState) -> bool:
-    if (live.status == DELETED) != (held.status == DELETED):
-        return False
-    if live.status == DELETED:
-        return held.version >= live.version
-    return (
-        held.version == live.version
-        and held.content_hash == live.content_hash
-        and held.metadata == live.metadata
-        and held.title == live.title
-    )
+def _holds(held: DocState, live: DocState) -> bool:
+    """Whether a version holding ``held`` has ``live``'s change, or a newer one of the same document.
+
+    Versions are source order, so a version is never taken back to an older state: a retired version
+    that took commits while it was live, promoted again, keeps its newer documents (and the documents the
+    live one never saw); at one version a delete wins, as in every commit.
+    """
+    if held.version != live.version:
+        return held.version > live.version
+    if held.status == DELETED or live.status == DELETED:
+        return held.status == DELETED
+    return (held.content_hash, held.metadata, held.title) == (live.content_hash, live.metadata, live.title)
 
 
 def changed_events(

@@ -188,7 +188,7 @@ def test_promote_then_rollback_restores_the_previous_results_exactly(live: tuple
     assert promoted != before and all(promoted)
 
     back = rollback(cfg, out, reason="test")
-    assert (back["from"], back["to"], back["documents_differing"]) == ("v2", "v1", 0)
+    assert (back["from"], back["to"], back["documents_behind"]) == ("v2", "v1", 0)
     assert results(root, cfg) == before
     registry = versions.load_registry(root)
     assert registry.live == "v1" and [s["action"] for s in registry.switches] == ["promote", "rollback"]
@@ -213,7 +213,19 @@ def test_after_a_switch_old_writers_are_refused_and_new_ones_follow(live: tuple[
     assert summary["counts"]["chunks_embedded"] == HotIndex(root).docs()[added].n_chunks  # only the new one
     # v1 kept its state: rolling back returns what it had (60 documents), and says what differs.
     back = rollback(cfg, root.parent / "p")
-    assert back["documents_differing"] >= 1 and len(HotIndex(root).docs()) == 60
+    assert back["documents_behind"] >= 1 and len(HotIndex(root).docs()) == 60
+    # Promoting v2 again catches it up on the live v1 first, but never back to older states: what it
+    # took while it was live (newer versions, the new document) it keeps.
+    promote(cfg, "v2", PromoteConfig(), root.parent / "p", force=True)
+    assert HotIndex(root).docs()[added].status == CANONICAL
+    assert all(s.version == 4_000 for s in HotIndex(root).docs().values())
+    # To keep a live version's changes across a rollback, catch the older version up on it first.
+    build_candidate(cfg, cfg, "v1")  # v1 is retired: resumed, and caught up on the live v2
+    assert pending(cfg, "v1") == 0
+    back = rollback(cfg, root.parent / "p")
+    assert back["documents_behind"] == 0 and HotIndex(root).docs()[added].status == CANONICAL
+    assert HotIndex(root).manifest().chunking["max_tokens"] == 256
+    assert_exactly_once(root)
 
 
 def test_gc_keeps_kept_versions_and_retention_drops_old_ones(live: tuple[Path, Path]) -> None:
