@@ -234,6 +234,11 @@ def rollback(base: IngestConfig, out: Path, to: str | None = None, reason: str =
         target = to or registry.previous()
         if target is None:
             raise VersionError(f"{root}: no earlier version is kept to roll back to")
+        if registry.entry(target)["state"] != versions.RETIRED:
+            raise VersionError(
+                f"version {target!r} was never live: roll back only to a retired version; a candidate "
+                f"goes live through the gate (tierflow promote --name {target})"
+            )
         leaving = registry.live
         record = versions.switch(root, target, "rollback", {"reason": reason or "rollback"})
         head = HotIndex(root).manifest()

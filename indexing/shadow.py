@@ -13,8 +13,9 @@ one JSON line:
      "tiers": null, "filtered": false, "live": ["a", "b"], "candidate": ["a", "c"], "overlap": 0.5,
      "live_ms": 7.1, "candidate_ms": 9.8}
 
-``overlap`` is ``|live top-k ∩ candidate top-k| / k'`` with ``k' = min(k, max(len(live), len(candidate),
-1))``: 1.0 when the candidate returns the same documents (in any order), 0.0 when it returns none of them.
+``overlap`` is ``|live top-k ∩ candidate top-k| / k'`` with ``k' = min(k, max(len(live), len(candidate)))``:
+1.0 when the candidate returns the same documents (in any order, or both none), 0.0 when it returns none
+of them.
 The query itself is logged only with ``log_queries=True`` (otherwise only its SHA-256). A candidate search
 that raises is a line with ``"outcome": "failed"`` and its ``error``; the live answer never depends on the
 candidate. When the queue (``queue_size``) is full, a search is not shadowed: it is counted as dropped, so
@@ -23,8 +24,9 @@ a slow candidate sheds load instead of queueing without bound.
 Prometheus: ``tierflow_shadow_searches_total{outcome="compared|dropped|failed"}`` and the histogram
 ``tierflow_shadow_overlap_ratio`` (buckets 0, 0.1, ..., 1.0), charted in the dashboard's Search row.
 
-The candidate's Searcher records no document access (lifecycle policies see live traffic only), but its
-searches are timed in ``tierflow_search_seconds`` like any other search.
+The candidate's Searcher records no document access (lifecycle policies see live traffic only), and its
+searches are neither timed in ``tierflow_search_seconds`` nor traced (``Searcher(observed=False)``): the
+service's latency is the live answers'.
 
 Example:
     >>> shadow = open_shadow("tierflow-data/hot", "v2", EmbeddingConfig(), log_path="shadow.jsonl")

@@ -133,7 +133,8 @@ def ensure_registry(root: Path, live_identity: dict[str, Any], settings: dict[st
         "state": LIVE,
         "created_at": time.time(),
         "identity": live_identity,
-        "settings": settings,
+        "settings": {k: v for k, v in settings.items() if k != "code_version"},
+        "code_version": settings.get("code_version", ""),
     }
     save_registry(root, registry)
     return registry
@@ -280,6 +281,7 @@ def describe(root: Path) -> list[dict[str, Any]]:
                 "chunking": {k: identity["chunking"].get(k) for k in ("max_tokens", "overlap_tokens", "include_title")},
                 "index_type": identity.get("index", {}).get("type", "?"),
                 "created_at": entry.get("created_at"),
+                "code_version": entry.get("code_version", ""),
             }
         )
     return rows

@@ -117,6 +117,9 @@ def live_entry(root: Path, live_config: IngestConfig) -> tuple[dict[str, Any], d
     if manifest.chunking:
         settings["chunking"] = dict(manifest.chunking)
     index = manifest.index or _segment_index(manifest) or settings["index"]
+    made_by = [entry["code_version"] for entry in manifest.history if entry.get("code_version")]
+    if made_by:
+        settings["code_version"] = made_by[-1]  # the code of its latest run
     return versions.identity_of(manifest.embedding, manifest.chunking, index), settings
 
 

@@ -102,6 +102,7 @@ def test_a_new_chunking_is_a_separate_version_and_live_is_untouched(live: tuple[
 
     rows = versions.describe(root)
     assert [(r["name"], r["state"]) for r in rows] == [("v1", "live"), ("v2", "candidate")]
+    assert all(r["code_version"] for r in rows)  # the code that made each version
 
 
 def test_a_normalisation_change_is_a_separate_version(live: tuple[Path, Path]) -> None:
@@ -197,6 +198,10 @@ def test_promote_then_rollback_restores_the_previous_results_exactly(live: tuple
     assert (out / "promotion.json").exists() and (out / "rollback.md").exists()
     with pytest.raises(VersionError, match="live already"):
         promote(cfg, "v1", PromoteConfig(), out, force=True)
+    build_candidate(cfg, config(root, index={"type": "hnsw", "use_gpu": "never"}), "v3")
+    with pytest.raises(VersionError, match="never live"):
+        rollback(cfg, out, to="v3")  # a candidate goes live only through the gate
+
 
 
 def test_after_a_switch_old_writers_are_refused_and_new_ones_follow(live: tuple[Path, Path]) -> None:
