@@ -84,12 +84,25 @@ def check_name(name: str) -> str:
 
 
 def load_registry(root: Path) -> Registry:
-    """The registry of the index at ``root`` (an index never re-indexed has none: one live version)."""
+    """The registry of the index at ``root`` (an index never re-indexed has none: one live version).
+
+    Which version is live is what ``CURRENT`` names (its manifest records its version): a switch renames
+    ``CURRENT`` first and records it here second, so after a crash between the two the registry read here
+    is corrected to match.
+    """
     path = Path(root) / REGISTRY
     if not path.exists():
         return Registry()
     data = json.loads(path.read_bytes())
-    return Registry(data["live"], data["versions"], data.get("switches", []))
+    registry = Registry(data["live"], data["versions"], data.get("switches", []))
+    actual = ManifestStore(Path(root)).current().version or FIRST
+    if actual != registry.live and actual in registry.versions:
+        old = registry.live
+        registry.versions[old] = {**registry.versions[old], "state": RETIRED, "retired_at": time.time()}
+        registry.versions[actual] = {**registry.versions[actual], "state": LIVE}
+        registry.switches.append({"action": "recovered", "from": old, "to": actual, "at": time.time()})
+        registry.live = actual
+    return registry
 
 
 def save_registry(root: Path, registry: Registry) -> None:

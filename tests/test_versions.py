@@ -399,3 +399,22 @@ def test_the_search_service_keeps_answering_through_build_promote_and_rollback(
     assert not failures, failures[:5]
     assert len(statuses) >= 15 and set(statuses) == {200}
     assert served == {"v1", "v2"}
+
+
+def test_a_crash_between_the_switch_and_the_registry_is_recovered(live: tuple[Path, Path]) -> None:
+    """``CURRENT`` is renamed first, the registry written second: a crash between them leaves the
+    registry naming the old version; reading it corrects that from what ``CURRENT`` names."""
+    from indexing.durable import atomic_write_bytes
+
+    root, _ = live
+    cfg = config(root)
+    build_candidate(cfg, config(root, index={"type": "hnsw", "use_gpu": "never"}), "v2")
+    # The switch's file steps without its registry write (as a crash right after the rename leaves them).
+    (root / "versions" / "v1").mkdir()
+    atomic_write_bytes(root / "versions" / "v1" / "HEAD", (root / "CURRENT").read_bytes())
+    atomic_write_bytes(root / "CURRENT", (root / "versions" / "v2" / "HEAD").read_bytes())
+    registry = versions.load_registry(root)
+    assert registry.live == "v2" and registry.versions["v1"]["state"] == versions.RETIRED
+    assert registry.previous() == "v1"
+    back = rollback(cfg, root.parent / "p")
+    assert back["to"] == "v1" and HotIndex(root).manifest().version == ""  # v1's chain, made before versions
