@@ -408,8 +408,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"generation {manifest.generation}: {'damaged' if problems else 'ok'}")
             return 1 if problems else 0
         target = store.load(store.file_name(args.generation))
-        current_version = store.current().version
-        if target.version != current_version and not args.force:
+        try:
+            current_version: str | None = store.current().version
+        except IndexCorrupt:  # a damaged pointer or manifest is what a switch recovers from
+            current_version = None
+        if current_version is not None and target.version != current_version and not args.force:
             print(
                 f"generation {args.generation} belongs to index version {target.version or 'v1'!r}, not to the "
                 f"live {current_version or 'v1'!r}; switch versions with `tierflow rollback --to ...` "

@@ -418,3 +418,13 @@ def test_a_crash_between_the_switch_and_the_registry_is_recovered(live: tuple[Pa
     assert registry.previous() == "v1"
     back = rollback(cfg, root.parent / "p")
     assert back["to"] == "v1" and HotIndex(root).manifest().version == ""  # v1's chain, made before versions
+
+
+def test_a_generation_switch_stays_within_the_live_version(live: tuple[Path, Path]) -> None:
+    from indexing.manifest import main as manifest_main
+
+    root, _ = live
+    build_candidate(config(root), config(root, index={"type": "hnsw", "use_gpu": "never"}), "v2")
+    candidate_generation = HotIndex(root, version="v2").manifest().generation
+    assert manifest_main(["switch", "--index", str(root), str(candidate_generation)]) == 1
+    assert HotIndex(root).manifest().version == ""  # still v1's chain
