@@ -157,7 +157,7 @@ def promote(
 
     Raises:
         VersionError: ``name`` is not a kept version, or is live already, or is not fully caught up
-            under the lock (documents whose text could not be rebuilt: re-ingest them first).
+            under the lock (documents whose text could not be rebuilt: re-ingest them first, or ``force``).
     """
     started = time.time()
     root = Path(base.index_dir)
@@ -172,6 +172,8 @@ def promote(
         rounds.append(caught.to_dict())
         if caught.events == 0:
             break
+    if not force:
+        _refuse_unrecoverable(name, rounds[-1]["unrecoverable"])
     report: dict[str, Any] = {
         "action": "promote",
         "candidate": name,
@@ -191,6 +193,8 @@ def promote(
         with live.writer_lock():
             final = catch_up(config, name, beam_args, cold, say=say)
             report["catch_up"].append({**final.to_dict(), "locked": True})
+            if not force:
+                _refuse_unrecoverable(name, final.unrecoverable)
             left = pending(config, name) - len(final.unrecoverable)
             if left:
                 raise VersionError(
@@ -219,6 +223,15 @@ def promote(
     report["seconds"] = round(time.time() - started, 3)
     write_report(out, report)
     return report
+
+
+def _refuse_unrecoverable(name: str, unrecoverable: list[str]) -> None:
+    if unrecoverable:
+        raise VersionError(
+            f"candidate {name} lacks {len(unrecoverable)} live document(s) whose text could not be rebuilt "
+            f"from the index ({', '.join(unrecoverable[:10])}): re-ingest them from their sources, or "
+            "promote with --force to go live without them"
+        )
 
 
 def rollback(base: IngestConfig, out: Path, to: str | None = None, reason: str = "") -> dict[str, Any]:
