@@ -40,7 +40,7 @@ from typing import Any
 from evaluation.beir import load_beir
 from evaluation.compare import compare
 from evaluation.retrieval import evaluate_index
-from indexing import audit, versions
+from indexing import versions
 from indexing.cold import ColdConfig
 from indexing.faiss_index import IndexSpec
 from indexing.hot import HotIndex
@@ -200,25 +200,12 @@ def promote(
                 raise VersionError(
                     f"candidate {name} still lacks {left} live document(s) after the final catch-up"
                 )
-            record = versions.switch(root, name, "promote", {"reason": report["gate"]["reason"]})
-            head = HotIndex(root).manifest()
-            audit.append(
-                root,
-                "promote",
-                {
-                    "generation": head.generation,
-                    "run_id": f"promote-{name}",
-                    "committed_at": record["at"],
-                    "from": record["from"],
-                    "to": name,
-                    "reason": report["gate"]["reason"],
-                },
-                [],
-            )
+            record = versions.switch(root, name, "promote", report["gate"]["reason"])
             report["dropped_versions"] = versions.retain(root, gate.keep_versions)
-        report.update(switched=True, generation=head.generation, unrecoverable=final.unrecoverable)
+        report.update(switched=True, generation=record["generation"], unrecoverable=final.unrecoverable)
         say(
-            f"promote: version {name} is live (generation {head.generation}); {record['from']} is kept for rollback"
+            f"promote: version {name} is live (generation {record['generation']}); {record['from']} is kept "
+            "for rollback"
         )
     report["seconds"] = round(time.time() - started, 3)
     write_report(out, report)
@@ -253,27 +240,13 @@ def rollback(base: IngestConfig, out: Path, to: str | None = None, reason: str =
                 f"goes live through the gate (tierflow promote --name {target})"
             )
         leaving = registry.live
-        record = versions.switch(root, target, "rollback", {"reason": reason or "rollback"})
-        head = HotIndex(root).manifest()
-        audit.append(
-            root,
-            "rollback",
-            {
-                "generation": head.generation,
-                "run_id": f"rollback-{target}",
-                "committed_at": record["at"],
-                "from": leaving,
-                "to": target,
-                "reason": reason or "rollback",
-            },
-            [],
-        )
+        record = versions.switch(root, target, "rollback", reason or "rollback")
     behind = pending(base, target, source=leaving)
     report = {
         "action": "rollback",
         "from": leaving,
         "to": target,
-        "generation": head.generation,
+        "generation": record["generation"],
         "at": record["at"],
         "documents_behind": behind,
     }

@@ -859,7 +859,7 @@ class HotIndex:
                 set(generations[-keep_generations:] if keep_generations > 0 else [])
                 | ({current} if current else set())
             )
-            heads = {int(name.split("-")[1].split(".")[0]) for name in versions.kept_heads(self.root)}
+            heads = {self.store.generation_of(name) for name in versions.kept_heads(self.root)}
             kept = sorted(set(kept) | (heads & set(generations)))
             referenced: set[str] = set()
             for gen in kept:

@@ -237,10 +237,15 @@ class ManifestStore:
                 )
         return path
 
+    @staticmethod
+    def generation_of(name: str) -> int:
+        """The generation of manifest file ``name`` (:meth:`file_name`'s inverse)."""
+        return int(name.removeprefix("manifest-").removesuffix(".json"))
+
     def generations(self) -> list[int]:
         if not self.dir.exists():
             return []
-        return sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("manifest-*.json"))
+        return sorted(self.generation_of(p.name) for p in self.dir.glob("manifest-*.json"))
 
     def publish(self, manifest: Manifest) -> None:
         """Durably write ``manifest`` and make it current: the commit point of every change.

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexing.durable import atomic_write_bytes, fsync_dir
+from indexing import audit
+from indexing.durable import atomic_write_bytes
 from indexing.manifest import CURRENT, ManifestStore
 from tierflow.errors import ConfigError, VersionError
 
@@ -61,6 +62,14 @@ class Registry:
             raise VersionError(
                 f"no index version {name!r}; kept versions: {', '.join(sorted(self.versions)) or 'none'}"
             ) from None
+
+    def pointer(self, name: str) -> str:
+        """The pointer (relative to the index root) version ``name`` reads and commits through:
+        ``CURRENT`` while it is live, its own ``HEAD`` otherwise."""
+        if name == self.live:
+            return CURRENT
+        self.entry(name)
+        return head_pointer(name)
 
     def candidates(self) -> list[str]:
         return sorted(name for name, entry in self.versions.items() if entry["state"] == CANDIDATE)
@@ -120,13 +129,7 @@ def head_pointer(name: str) -> str:
 def pointer_of(root: Path, name: str | None) -> str:
     """The pointer (relative to ``root``) that version ``name`` reads and commits through: ``CURRENT``
     for the live version (and for ``None``: whatever is live), its own ``HEAD`` for any other."""
-    if name is None:
-        return CURRENT
-    registry = load_registry(root)
-    if name == registry.live:
-        return CURRENT
-    registry.entry(name)
-    return head_pointer(name)
+    return CURRENT if name is None else load_registry(root).pointer(name)
 
 
 def identity_of(embedding: dict[str, Any], chunking: dict[str, Any], index: dict[str, Any]) -> dict[str, Any]:
@@ -180,9 +183,11 @@ def add_candidate(
     return registry
 
 
-def switch(root: Path, to: str, action: str, reason: dict[str, Any]) -> dict[str, Any]:
+def switch(root: Path, to: str, action: str, reason: str) -> dict[str, Any]:
     """Make version ``to`` live: the live version's head is kept as its own pointer, and ``CURRENT``
-    names ``to``'s head, in one rename. Call holding the writer lock. Returns the switch's record."""
+    names ``to``'s head, in one rename; the registry and the audit log record the switch (``action``:
+    promote or rollback, and why). Call holding the writer lock. Returns the switch's record, with the
+    generation now live."""
     root = Path(root)
     registry = load_registry(root)
     if to == registry.live:
@@ -192,7 +197,7 @@ def switch(root: Path, to: str, action: str, reason: dict[str, Any]) -> dict[str
     if not store_to.pointer.exists():
         raise VersionError(f"version {to!r} has no committed state ({store_to.pointer} is missing)")
     target = store_to.pointer.read_bytes().strip()
-    store_to.load(target.decode())  # checked before it goes live
+    head = store_to.load(target.decode())  # checked before it goes live
     old = registry.live
     live_pointer = root / CURRENT
     old_head = root / head_pointer(old)
@@ -200,15 +205,16 @@ def switch(root: Path, to: str, action: str, reason: dict[str, Any]) -> dict[str
     if live_pointer.exists():
         atomic_write_bytes(old_head, live_pointer.read_bytes().strip())
     atomic_write_bytes(live_pointer, target)  # the switch
-    fsync_dir(root)
     now = time.time()
     registry.versions[old] = {**registry.versions[old], "state": RETIRED, "retired_at": now}
     registry.versions[to] = {**entry, "state": LIVE, "live_since": now}
     registry.live = to
-    record = {"action": action, "from": old, "to": to, "at": now, **reason}
+    record = {"action": action, "from": old, "to": to, "at": now, "reason": reason}
     registry.switches.append(record)
     save_registry(root, registry)
-    return record
+    entry_line = {"generation": head.generation, "run_id": f"{action}-{to}", "committed_at": now}
+    audit.append(root, action, {**entry_line, "from": old, "to": to, "reason": reason}, [])
+    return {**record, "generation": head.generation}
 
 
 def retain(root: Path, keep: int) -> list[str]:
@@ -280,8 +286,7 @@ def describe(root: Path) -> list[dict[str, Any]]:
         }
     rows = []
     for name, entry in sorted(registry.versions.items(), key=lambda kv: (kv[0] != registry.live, kv[0])):
-        pointer = CURRENT if name == registry.live else head_pointer(name)
-        store = ManifestStore(root, pointer)
+        store = ManifestStore(root, registry.pointer(name))
         generation = store.current().generation if store.pointer.exists() else 0
         identity = entry["identity"]
         rows.append(

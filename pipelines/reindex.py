@@ -152,6 +152,7 @@ def build_candidate(
         IncompatibleIndex: never for the candidate's own writes (it is made for them).
     """
     started = time.perf_counter()
+    versions.check_name(name)  # before anything is written: a name is a folder name
     root = Path(config.index_dir)
     live = HotIndex(root)
     if live.manifest().generation == 0:

@@ -336,6 +336,13 @@ def test_cli_reindex_versions_promote_rollback(live: tuple[Path, Path], capsys: 
     assert "v2 → v1" in capsys.readouterr().out
     assert cli.main(["promote", "--index", str(root), "--name", "nope", "--out", str(out), "--force"]) == 2
     assert "no index version 'nope'" in capsys.readouterr().err
+    # Bad names and targets: a clear error, nothing written.
+    before = (root / versions.REGISTRY).read_bytes()
+    assert cli.main(["reindex", "--index", str(root), "--name", "../escape", "--chunk-tokens", "128"]) == 2
+    assert "version name '../escape'" in capsys.readouterr().err
+    assert cli.main(["rollback", "--index", str(root), "--to", "nope", "--out", str(out)]) == 2
+    assert "no index version 'nope'" in capsys.readouterr().err
+    assert (root / versions.REGISTRY).read_bytes() == before and not (root.parent / "escape").exists()
     assert version_config(config(root), "v2").chunking.max_tokens == 64
     assert {s.status for s in HotIndex(root).docs().values()} <= {CANONICAL, DELETED, "duplicate"}
 
